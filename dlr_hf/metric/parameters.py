@@ -1,0 +1,32 @@
+"""Parameter-space baselines (SPEC §4): ‖θ‖² and the relative change ‖θ − θ0‖/‖θ0‖."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def parameter_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached float32 CPU copy of the trainable parameters, to compare against later."""
+    return {
+        name: param.detach().to("cpu", torch.float32).clone()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def parameter_norm(model: nn.Module) -> float:
+    """``‖θ‖²`` over all parameters, summed in float64."""
+    return float(sum(param.detach().double().pow(2).sum().cpu() for param in model.parameters()))
+
+
+def parameter_change(model: nn.Module, initial: dict[str, torch.Tensor]) -> float:
+    """``‖θ − θ0‖ / ‖θ0‖`` over the parameters present in the snapshot."""
+    change = torch.zeros((), dtype=torch.float64)
+    reference = torch.zeros((), dtype=torch.float64)
+    for name, param in model.named_parameters():
+        if name in initial:
+            start = initial[name].double()
+            change += (param.detach().to("cpu", torch.float64) - start).pow(2).sum()
+            reference += start.pow(2).sum()
+    return float(change.sqrt() / reference.sqrt()) if reference > 0 else float("nan")
