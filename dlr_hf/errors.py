@@ -37,6 +37,10 @@ class HeadNotFoundError(DLRError):
     """No nn.Linear in the model produces its logits."""
 
 
+class WeightsUnavailableError(DLRError):
+    """The head's weight cannot be read (left on the 'meta' device with nothing to load it)."""
+
+
 class LayerNotFoundError(DLRError):
     """A layer path given for layer-wise D_LR does not name an nn.Linear of the model."""
 

@@ -98,6 +98,8 @@ class DLRAccumulator:
             but no logits are, otherwise taken from the logits' width.
         rtol: relative singular-value tolerance of every numerical rank.
         device: where statistics live (default: the first batch's device).
+        feature_dim, num_outputs: shape the statistics up front instead of from the first batch,
+            so that a process that sees no batch can still take part in ``all_reduce``.
     """
 
     def __init__(
@@ -107,6 +109,8 @@ class DLRAccumulator:
         num_classes: int | None = None,
         rtol: float = DEFAULT_RTOL,
         device: torch.device | str | None = None,
+        feature_dim: int | None = None,
+        num_outputs: int | None = None,
     ) -> None:
         self.track_outputs = track_outputs
         self.num_classes = num_classes
@@ -118,6 +122,8 @@ class DLRAccumulator:
         self.classes: ClassMoments | None = None
         self.correct = torch.zeros((), dtype=DTYPE)
         self.labelled = torch.zeros((), dtype=DTYPE)
+        if feature_dim is not None:
+            self._initialise(feature_dim, num_outputs)
 
     # -- streaming -----------------------------------------------------------------------------
     def update(self, features: Any, logits: Any = None, labels: Any = None) -> None:
@@ -138,7 +144,9 @@ class DLRAccumulator:
                 "track_outputs=False to stream features only and pass head_weight to compute()"
             )
         self._check_finite(features, logits)
-        self._initialise(features, logits)
+        if self.moments is None:
+            self.device = self.device or features.device
+            self._initialise(features.shape[1], None if logits is None else logits.shape[1])
         if features.shape[1] != self.feature_dim:
             raise ShapeMismatchError(f"features have dimension {features.shape[1]}, earlier batches {self.feature_dim}")
         if logits is not None and self.num_outputs is not None and logits.shape[1] != self.num_outputs:
@@ -161,13 +169,13 @@ class DLRAccumulator:
                 "(try fp32) and its inputs."
             )
 
-    def _initialise(self, features: torch.Tensor, logits: torch.Tensor | None) -> None:
-        if self.moments is not None:
-            return
-        self.device = self.device or features.device
-        self.feature_dim = features.shape[1]
-        self.num_outputs = None if logits is None else logits.shape[1]
-        width = self.feature_dim + (self.num_outputs or 0) if self.track_outputs else self.feature_dim
+    def _initialise(self, feature_dim: int, num_outputs: int | None) -> None:
+        if self.track_outputs and num_outputs is None:
+            raise MissingOutputsError("an accumulator that tracks outputs needs num_outputs (or logits)")
+        self.device = self.device or torch.device("cpu")
+        self.feature_dim = feature_dim
+        self.num_outputs = num_outputs
+        width = feature_dim + num_outputs if self.track_outputs else feature_dim
         self.moments = StreamingMoments(width, self.device)
         self.correct = self.correct.to(self.device)
         self.labelled = self.labelled.to(self.device)

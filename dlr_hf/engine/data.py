@@ -1,0 +1,301 @@
+"""Datasets: load by Hub id, local path or memory; find input and label columns; batch them.
+
+Preprocessing happens in the collate function, batch by batch, so a subsample of a large split
+is never tokenised or decoded as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import numpy as np
+import torch
+
+from dlr_hf.errors import DatasetLoadError, InputColumnError, ModalityMismatchError
+
+TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "question", "prompt", "tweet")
+TEXT_PAIRS = (
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("question", "passage"),
+    ("text", "text_pair"),
+)
+IMAGE_COLUMNS = ("image", "img", "pixel_values")
+AUDIO_COLUMNS = ("audio", "input_values", "speech")
+LABEL_COLUMNS = ("label", "labels", "ner_tags", "fine_label", "coarse_label", "target", "class")
+PREFERRED_SPLITS = ("test", "validation", "valid", "eval", "train")
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class LoadedData:
+    dataset: datasets.Dataset
+    source: dict[str, Any]
+
+
+def _pick_split(splits: list[str], split: str | None, name: str) -> str:
+    if split is not None:
+        if split not in splits:
+            raise DatasetLoadError(f"{name} has no split {split!r}; it has {', '.join(splits)}")
+        return split
+    for preferred in PREFERRED_SPLITS:
+        if preferred in splits:
+            return preferred
+    return splits[0]
+
+
+def load_data(
+    dataset: str | Path | datasets.Dataset | datasets.DatasetDict,
+    *,
+    config: str | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+) -> LoadedData:
+    """One split of a dataset (default: test, else validation, else train)."""
+    if isinstance(dataset, datasets.Dataset):
+        data, name, chosen = dataset, getattr(dataset.info, "dataset_name", None) or "in-memory", split
+    else:
+        name = str(dataset)
+        if isinstance(dataset, datasets.DatasetDict):
+            loaded, name = dataset, "in-memory"
+        else:
+            loaded = _load(name, config, revision)
+        if isinstance(loaded, datasets.DatasetDict):
+            chosen = _pick_split(list(loaded.keys()), split, name)
+            data = loaded[chosen]
+        else:
+            data, chosen = loaded, split
+    if len(data) == 0:
+        raise DatasetLoadError(f"split {chosen!r} of {name} is empty")
+    source = {
+        "id": name,
+        "config": config,
+        "split": chosen,
+        "revision": revision,
+        "fingerprint": getattr(data, "_fingerprint", None),
+        "num_rows": len(data),
+    }
+    return LoadedData(data, source)
+
+
+def _load(name: str, config: str | None, revision: str | None) -> datasets.Dataset | datasets.DatasetDict:
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            return datasets.load_from_disk(str(path))
+        if path.is_file():
+            builder = FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DatasetLoadError(f"cannot read {path.name}: use one of {', '.join(FILE_BUILDERS)}")
+            return datasets.load_dataset(builder, data_files=str(path))
+        return datasets.load_dataset(name, config, revision=revision)
+    except DatasetLoadError:
+        raise
+    except RuntimeError as error:
+        if "scripts are no longer supported" in str(error):
+            raise DatasetLoadError(
+                f"{name} is defined by a loading script, which datasets no longer runs; use a version "
+                "of the dataset stored as data files (e.g. its 'refs/convert/parquet' revision)"
+            ) from error
+        raise DatasetLoadError(f"could not load dataset {name!r}: {error}") from error
+    except (OSError, ValueError, ConnectionError, FileNotFoundError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DatasetLoadError(
+            f"could not load dataset {name!r}" + (f" (config {config!r})" if config else "") + f": {first_line} "
+            "— check the id, config and split (offline, the dataset must already be cached)"
+        ) from error
+
+
+# --- columns -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ColumnPlan:
+    """Which columns feed the model and which hold labels."""
+
+    inputs: tuple[str, ...]
+    labels: str | None
+    kind: str  # text, text_pair, words, token_ids, image, audio
+
+
+def _is_string(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _is_class_ids(feature: Any) -> bool:
+    """Integer class ids (or ClassLabel), alone or per position; regression targets are not labels."""
+    inner = getattr(feature, "feature", None)
+    if inner is not None and isinstance(feature, (datasets.Sequence, datasets.List)):
+        return _is_class_ids(inner)
+    return isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    )
+
+
+def _is_word_list(feature: Any) -> bool:
+    inner = getattr(feature, "feature", None)
+    return isinstance(feature, (datasets.Sequence, datasets.List)) and _is_string(inner)
+
+
+def detect_columns(
+    dataset: datasets.Dataset,
+    modality: str,
+    input_columns: tuple[str, ...] | list[str] | None = None,
+    label_column: str | None = None,
+) -> ColumnPlan:
+    """Find the model's inputs (text, text pairs, words, token ids, images, audio) and the labels."""
+    features = dataset.features
+    for column in list(input_columns or []) + ([label_column] if label_column else []):
+        if column not in features:
+            raise InputColumnError(f"the dataset has no column {column!r}; it has {', '.join(features)}")
+    labels = label_column or next((c for c in LABEL_COLUMNS if c in features and _is_class_ids(features[c])), None)
+    if input_columns:
+        kind = _kind_of(features, tuple(input_columns), modality)
+        return ColumnPlan(tuple(input_columns), labels, kind)
+    if modality == "image":
+        column = next((c for c in features if isinstance(features[c], datasets.Image)), None)
+        column = column or next((c for c in IMAGE_COLUMNS if c in features), None)
+        if column is None:
+            _raise_mismatch(features, modality)
+        return ColumnPlan((column,), labels, "image")
+    if modality == "audio":
+        column = next((c for c in features if isinstance(features[c], datasets.Audio)), None)
+        column = column or next((c for c in AUDIO_COLUMNS if c in features), None)
+        if column is None:
+            _raise_mismatch(features, modality)
+        return ColumnPlan((column,), labels, "audio")
+    if "input_ids" in features:
+        return ColumnPlan(("input_ids",), labels, "token_ids")
+    if "tokens" in features and _is_word_list(features["tokens"]):
+        return ColumnPlan(("tokens",), labels, "words")
+    for first, second in TEXT_PAIRS:
+        if first in features and second in features and _is_string(features[first]) and _is_string(features[second]):
+            return ColumnPlan((first, second), labels, "text_pair")
+    column = next((c for c in TEXT_COLUMNS if c in features and _is_string(features[c])), None)
+    column = column or next((c for c in features if _is_string(features[c]) and c != labels), None)
+    if column is None:
+        _raise_mismatch(features, modality)
+    return ColumnPlan((column,), labels, "text")
+
+
+def _kind_of(features: Any, columns: tuple[str, ...], modality: str) -> str:
+    if modality in ("image", "audio"):
+        return modality
+    if len(columns) == 2:
+        return "text_pair"
+    if columns[0] == "input_ids":
+        return "token_ids"
+    if _is_word_list(features[columns[0]]):
+        return "words"
+    return "text"
+
+
+def _raise_mismatch(features: Any, modality: str) -> None:
+    found = {
+        "image": [c for c in features if isinstance(features[c], datasets.Image) or c in IMAGE_COLUMNS],
+        "audio": [c for c in features if isinstance(features[c], datasets.Audio) or c in AUDIO_COLUMNS],
+        "text": [c for c in features if _is_string(features[c])],
+    }
+    other = [kind for kind, columns in found.items() if columns and kind != modality]
+    if other:
+        raise ModalityMismatchError(
+            f"this {modality} model was given a dataset of {' and '.join(other)} "
+            f"(columns: {', '.join(features)}); pick a dataset with {modality} inputs"
+        )
+    raise InputColumnError(
+        f"no {modality} input column found among {', '.join(features)}; name it with input_columns= (--input-column)"
+    )
+
+
+# --- batching ------------------------------------------------------------------------------------
+def subsample_indices(num_rows: int, num_samples: int | None, seed: int) -> list[int]:
+    """A deterministic subset (sorted, so reading stays sequential); all rows when not capped."""
+    if num_samples is None or num_samples >= num_rows:
+        return list(range(num_rows))
+    chosen = np.random.default_rng(seed).choice(num_rows, size=num_samples, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
+def _rgb(image: Any) -> Any:
+    if hasattr(image, "convert"):
+        return image.convert("RGB")
+    return image
+
+
+def _audio_array(value: Any) -> np.ndarray:
+    if isinstance(value, dict):
+        return np.asarray(value["array"], dtype=np.float32)
+    if hasattr(value, "get_all_samples"):  # a torchcodec decoder
+        return value.get_all_samples().data.mean(0).numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _word_labels(encoding: Any, word_labels: list[list[int]]) -> torch.Tensor:
+    """Label the first sub-token of each word; −100 elsewhere (the transformers convention)."""
+    rows = []
+    for row, labels in enumerate(word_labels):
+        previous = None
+        aligned = []
+        for word in encoding.word_ids(row):
+            aligned.append(-100 if word is None or word == previous else int(labels[word]))
+            previous = word
+        rows.append(aligned)
+    return torch.tensor(rows)
+
+
+def make_collate(
+    plan: ColumnPlan, processor: Any, modality: str, *, max_length: int = 512, pad_token_id: int = 0
+) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+    """Turn a list of dataset rows into model inputs (plus ``labels`` when the plan has them)."""
+    if processor is None and plan.kind != "token_ids":
+        raise InputColumnError(
+            f"the dataset holds raw {plan.kind} but the model has no preprocessor; pass processor= "
+            "or use a dataset with an input_ids column"
+        )
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        columns = [[row[c] for row in rows] for c in plan.inputs]
+        label_values = [row[plan.labels] for row in rows] if plan.labels else None
+        batch: dict[str, Any]
+        if plan.kind == "image":
+            batch = dict(processor(images=[_rgb(image) for image in columns[0]], return_tensors="pt"))
+        elif plan.kind == "audio":
+            arrays = [_audio_array(value) for value in columns[0]]
+            rate = getattr(processor, "sampling_rate", None)
+            batch = dict(processor(arrays, sampling_rate=rate, padding=True, return_tensors="pt"))
+        elif plan.kind == "token_ids":
+            width = max(len(ids) for ids in columns[0])
+            ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row_ids in enumerate(columns[0]):
+                ids[i, : len(row_ids)] = torch.as_tensor(row_ids)
+                mask[i, : len(row_ids)] = 1
+            batch = {"input_ids": ids, "attention_mask": mask}
+        else:
+            limit = min(max_length, getattr(processor, "model_max_length", max_length) or max_length)
+            text_kwargs = {"padding": True, "truncation": True, "max_length": limit, "return_tensors": "pt"}
+            if plan.kind == "words":
+                text_kwargs["is_split_into_words"] = True
+            encoding = processor(*columns, **text_kwargs)
+            batch = dict(encoding)
+            if plan.kind == "words" and label_values is not None:
+                batch["labels"] = _word_labels(encoding, label_values)
+                label_values = None
+        if label_values is not None:
+            batch["labels"] = _pad_labels(label_values, batch)
+        return batch
+
+    return collate
+
+
+def _pad_labels(values: list[Any], batch: dict[str, Any]) -> torch.Tensor:
+    if isinstance(values[0], (list, tuple, np.ndarray)):  # per-position labels
+        width = batch["input_ids"].shape[1] if "input_ids" in batch else max(len(v) for v in values)
+        labels = torch.full((len(values), width), -100, dtype=torch.long)
+        for i, row in enumerate(values):
+            labels[i, : min(len(row), width)] = torch.as_tensor(row[:width])
+        return labels
+    return torch.as_tensor(values, dtype=torch.long)

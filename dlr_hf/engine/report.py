@@ -1,0 +1,140 @@
+"""The evaluation report: one JSON document a script can consume (schema ``dlr-hf/report/v1``).
+
+Top-level keys:
+
+* ``schema`` — ``"dlr-hf/report/v1"``
+* ``dlr`` — the D_LR value (0 = maximally rich, 1 = maximally lazy)
+* ``degenerate``, ``warnings`` — SPEC §2 edge cases and caveats (imbalanced classes, …)
+* ``model`` — ``id``, ``revision``, ``commit`` (Hub checkpoints), ``path`` (local), ``class``, ``dtype``
+* ``dataset`` — ``id``, ``config``, ``split``, ``revision``, ``fingerprint``, ``num_rows``,
+  ``input_columns``, ``label_column``, ``num_examples`` (rows evaluated)
+* ``head`` — ``module_path`` of the final Linear, ``selection`` (pooled / per_position /
+  selected_position), ``between`` (what sits between the last hidden state and the head),
+  ``layer`` (layer-wise mode: the tapped Linear), ``feature_dim`` (p), ``num_outputs`` (C)
+* ``result`` — every field of ``DLRResult``: ``dlr``, ``cka``, ``rank``, ``feature_rank``,
+  ``num_samples`` (n, one per prediction), ``spectrum`` (ρ_k), ``utilisation`` (U(k)), ``quality``
+  (Q(k), labels only), ``pi`` (π_k), ``effective_rank``, ``nc1``, ``accuracy``, ``class_counts``, …
+* ``baselines`` — ``accuracy``, ``nc1``, ``effective_rank``, ``param_norm`` (‖θ‖²) and, with a
+  reference (initial) model, ``s_init`` and ``param_change``
+* ``settings`` — ``num_samples`` cap, ``seed``, ``batch_size``, ``precision``, ``rtol``,
+  ``num_processes``, ``device``, ``device_map``
+* ``timings`` — seconds: ``load_model``, ``load_data``, ``forward``, ``compute``, ``total``
+* ``versions`` — dlr_hf, torch, transformers, datasets, accelerate, python
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlr_hf.metric import DLRResult
+
+SCHEMA = "dlr-hf/report/v1"
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    import dlr_hf
+
+    return {
+        "dlr_hf": dlr_hf.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class EvaluationReport:
+    """Everything an evaluation measured, where its inputs came from, and how long it took."""
+
+    result: DLRResult
+    model: dict[str, Any]
+    dataset: dict[str, Any]
+    head: dict[str, Any]
+    baselines: dict[str, Any]
+    settings: dict[str, Any]
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    @property
+    def dlr(self) -> float:
+        return self.result.dlr
+
+    @property
+    def degenerate(self) -> bool:
+        return self.result.degenerate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "dlr": self.result.dlr,
+            "degenerate": self.result.degenerate,
+            "warnings": list(self.warnings),
+            "model": self.model,
+            "dataset": self.dataset,
+            "head": self.head,
+            "result": self.result.to_dict(),
+            "baselines": self.baselines,
+            "settings": self.settings,
+            "timings": self.timings,
+            "versions": self.versions,
+        }
+
+    def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} report (schema = {data.get('schema')!r})")
+        return cls(
+            result=DLRResult(**data["result"]),
+            model=data["model"],
+            dataset=data["dataset"],
+            head=data["head"],
+            baselines=data["baselines"],
+            settings=data["settings"],
+            timings=data["timings"],
+            warnings=data["warnings"],
+            versions=data["versions"],
+        )
+
+    def summary(self) -> str:
+        """A few readable lines for a terminal."""
+        r = self.result
+        lines = [
+            f"model    {self.model.get('id')}" + (f" @ {self.model['commit'][:10]}" if self.model.get("commit") else ""),
+            f"dataset  {self.dataset.get('id')} [{self.dataset.get('split')}] · {self.dataset.get('num_examples')} examples → n = {r.num_samples} samples",
+            f"head     {self.head.get('layer') or self.head.get('module_path')} (p = {r.feature_dim}, C = {r.num_outputs}) · {self.head.get('between')}",
+            f"D_LR     {r.dlr:.4f}  ({reading(r.dlr)})   rank r = {r.rank}, feature rank = {r.feature_rank}",
+        ]
+        extras = [f"{key} = {value:.4g}" for key, value in self.baselines.items() if isinstance(value, (int, float)) and value is not None]
+        if extras:
+            lines.append("also     " + ", ".join(extras))
+        lines += [f"warning  {warning}" for warning in self.warnings]
+        return "\n".join(lines)
+
+
+def reading(dlr: float) -> str:
+    """D_LR in plain words (the paper: rich ≈ 0.01–0.1, lazy ≈ 0.5 and above)."""
+    if dlr < 0.1:
+        return "rich: features collapsed onto the learned function"
+    if dlr < 0.3:
+        return "fairly rich"
+    if dlr < 0.5:
+        return "in between"
+    return "lazy: features spread over directions the head hardly reads"

@@ -1,0 +1,96 @@
+"""The one pass: forward every batch once, tap the head, stream sufficient statistics.
+
+Data parallel with Accelerate: each process reads its own shard of a prepared DataLoader with
+``even_batches=False``, so no sample is duplicated to fill the last batch, and the statistics
+themselves are summed across processes afterwards (collective: every rank takes part).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Iterable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch import nn
+from tqdm.auto import tqdm
+
+from dlr_hf.metric import DLRAccumulator
+from dlr_hf.models import FeatureTap, HeadInfo, Samples
+
+SampleConsumer = Callable[[Samples, dict[str, torch.Tensor]], None]
+"""Also sees every batch's samples and inputs (e.g. to stream CKA against the initial model)."""
+
+
+def make_accelerator(precision: str = "fp32", cpu: bool = False) -> Accelerator:
+    """An Accelerator that never pads the last batch with duplicated samples."""
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(
+        mixed_precision=mixed,
+        cpu=cpu,
+        dataloader_config=DataLoaderConfiguration(even_batches=False),
+    )
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Everything the forward takes: labels stay out, so the model computes no loss."""
+    return {key: value for key, value in batch.items() if key != "labels"}
+
+
+def input_device(model: nn.Module, accelerator: Accelerator) -> torch.device:
+    """Where inputs go: the accelerator's device, or where a dispatched model (device_map) starts."""
+    if getattr(model, "hf_device_map", None):
+        device = model.device
+        return torch.device("cpu") if device.type == "meta" else device
+    return accelerator.device
+
+
+def stream_statistics(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    head: HeadInfo,
+    accelerator: Accelerator,
+    *,
+    layer: str | None = None,
+    num_classes: int | None = None,
+    rtol: float = 1e-6,
+    progress: bool = True,
+    total: int | None = None,
+    consumers: tuple[SampleConsumer, ...] = (),
+) -> DLRAccumulator:
+    """Stream D_LR's statistics over ``batches`` and all-reduce them across processes.
+
+    In head mode only the feature scatter is kept (outputs are ``ΦWᵀ + b`` exactly, so
+    ``compute(head_weight=W)`` recovers them: memory O(p²) even for a vocabulary-sized head);
+    in layer-wise mode the joint moments of features and final logits are streamed.
+    """
+    device = input_device(model, accelerator)
+    accumulator = DLRAccumulator(
+        track_outputs=layer is not None,
+        num_classes=num_classes,
+        rtol=rtol,
+        device=device,
+        feature_dim=_tapped_dim(model, head, layer),
+        num_outputs=head.num_outputs,
+    )
+    autocast = accelerator.autocast() if accelerator.mixed_precision != "no" else nullcontext()
+    bar = tqdm(batches, total=total, desc="forward", unit="batch", disable=not (progress and accelerator.is_main_process))
+    with FeatureTap(model, head, layer=layer) as tap, torch.inference_mode(), autocast:
+        for batch in bar:
+            batch = {key: value.to(device) for key, value in batch.items()}
+            inputs = model_inputs(batch)
+            samples = tap.collect(inputs, model(**inputs), labels=batch.get("labels"))
+            accumulator.update(samples.features, samples.outputs, samples.labels)
+            for consume in consumers:
+                consume(samples, inputs)
+    if accelerator.num_processes > 1:
+        accumulator.all_reduce(lambda tensor: accelerator.reduce(tensor, "sum"))
+    return accumulator
+
+
+def _tapped_dim(model: nn.Module, head: HeadInfo, layer: str | None) -> int:
+    if layer is None:
+        return head.feature_dim
+    return model.get_submodule(layer).in_features
+

@@ -1,0 +1,222 @@
+"""Capturing (features, outputs) samples from a normal forward, one row per prediction (SPEC §1).
+
+Forward hooks (not pre-hooks) are used so the capture also works when accelerate offloads the head:
+accelerate wraps `module.forward`, and only after it returns are input and output final.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from dlr_hf.errors import HeadNotFoundError, LayerNotFoundError, ShapeMismatchError
+from dlr_hf.models.head import HeadInfo, model_logits, select_positions
+
+# Label value transformers' losses ignore (sub-word continuations, special tokens).
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One row per prediction: features Φ (n, p), outputs Ŷ (n, C), class labels (n,) or None."""
+
+    features: torch.Tensor
+    outputs: torch.Tensor
+    labels: torch.Tensor | None
+
+
+class _Capture:
+    """Forward hook that keeps the last call's input (copied) and/or output of one module."""
+
+    def __init__(self, module: nn.Module, keep_input: bool, keep_output: bool) -> None:
+        self.input: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None
+        self._keep_input, self._keep_output = keep_input, keep_output
+        self.handle = module.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self._keep_input:
+            x = args[0] if args else next(iter(kwargs.values()))
+            # Copied: a later in-place op (e.g. a residual `+=`) must not alter captured features.
+            self.input = x.detach().clone()
+        if self._keep_output:
+            self.output = output.detach()
+
+    def release(self) -> None:
+        self.input = self.output = None
+
+
+def _find_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The linear layer (nn.Linear, or transformers' Conv1D used by GPT-2) at a module path."""
+    modules = dict(model.named_modules())
+    module = modules.get(layer)
+    if isinstance(module, (nn.Linear, Conv1D)):
+        return module
+    valid = [p for p, m in modules.items() if isinstance(m, (nn.Linear, Conv1D))]
+    close = difflib.get_close_matches(layer, valid, n=3)
+    what = "does not exist" if module is None else f"is a {type(module).__name__}, not a linear layer"
+    examples = close or valid[:3] + valid[-3:]
+    raise LayerNotFoundError(
+        f"Layer {layer!r} {what} in {type(model).__name__}. Pass the module path of an nn.Linear "
+        f"({len(valid)} in this model), e.g. {', '.join(repr(p) for p in examples)}."
+    )
+
+
+class FeatureTap:
+    """Hooks a model so that each forward yields D_LR samples via `collect`.
+
+    Head mode (`layer=None`): features = the head's input, outputs = the head's own output (before
+    any soft-capping of the logits). Layer-wise mode: features = the input of `layer` (any linear
+    layer), outputs = the model's logits, selected like the head's predictions. When that layer
+    sees (B, T, d) while predictions are one per example, the features are taken at the selected
+    position for "selected_position" heads and are otherwise the mean over non-padding positions
+    (all positions, and any spatial dims, when no attention_mask of shape (B, T) is given). If the
+    layer runs several times per forward (shared weights), its last call is used.
+
+    Labels: pooled and selected-position heads return integer labels of shape (B,) and None for
+    other labels (regression, multi-label); token classification drops the positions labelled -100;
+    language-model heads (the model's output embeddings) always return None, as next tokens are
+    not class labels.
+    """
+
+    def __init__(self, model: nn.Module, head: HeadInfo, layer: str | None = None) -> None:
+        self.model, self.head, self.layer = model, head, layer
+        self._layer_module = None if layer is None else _find_layer(model, layer)
+        get_output_embeddings = getattr(model, "get_output_embeddings", None)
+        self._is_lm_head = callable(get_output_embeddings) and get_output_embeddings() is head.module
+        self._head: _Capture | None = None
+        self._layer: _Capture | None = None
+
+    def __enter__(self) -> FeatureTap:
+        if self._layer_module is None:
+            self._head = _Capture(self.head.module, keep_input=True, keep_output=True)
+        else:
+            self._layer = _Capture(self._layer_module, keep_input=True, keep_output=False)
+            if self.head.selection == "selected_position":
+                self._head = _Capture(self.head.module, keep_input=False, keep_output=True)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for capture in (self._head, self._layer):
+            if capture is not None:
+                capture.handle.remove()
+                capture.release()
+        self._head = self._layer = None
+
+    def collect(self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None = None) -> Samples:
+        """The samples of the forward just run on `inputs` (which returned `out`); frees the captures."""
+        if self._head is None and self._layer is None:
+            raise RuntimeError("FeatureTap.collect must be called inside `with FeatureTap(...)`.")
+        try:
+            return self._collect(inputs, out, labels)
+        finally:
+            for capture in (self._head, self._layer):
+                if capture is not None:
+                    capture.release()
+
+    def _collect(self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None) -> Samples:
+        head_out = None if self._head is None else self._head.output
+        if self._head is not None and head_out is None:
+            raise HeadNotFoundError(
+                f"The head {self.head.module_path!r} did not run in the last forward; call collect "
+                "once after each model(**inputs), on the model the head was located in."
+            )
+        if self._layer is not None and self._layer.input is None:
+            raise LayerNotFoundError(
+                f"Layer {self.layer!r} did not run in the last forward; pick a layer on the path "
+                "from the inputs to the logits."
+            )
+        logits = model_logits(out, self.head.logits_key)
+        device = logits.device
+        mask = inputs.get("attention_mask")
+        mask = None if mask is None else mask.to(device).bool()
+        if labels is not None:
+            labels = labels.to(device)
+
+        selection = self.head.selection
+        if self._layer is None:
+            features, outputs = self._head.input.to(device), head_out.to(device)
+        else:
+            features, outputs = self._layer.input.to(device), logits
+
+        if selection == "per_position":
+            return self._per_position(features, outputs, mask, labels)
+        if selection == "selected_position":
+            positions = select_positions(head_out, logits, mask)
+            if positions is None:
+                raise HeadNotFoundError(
+                    f"The logits no longer match the output of head {self.head.module_path!r} at any "
+                    "position; locate the head again for this model."
+                )
+            rows = torch.arange(logits.shape[0], device=device)
+            if self._layer is None:
+                features, outputs = features[rows, positions], outputs[rows, positions]
+            elif features.ndim == 3 and features.shape[1] == head_out.shape[1]:
+                features = features[rows, positions]
+        if features.ndim > 2:
+            features = _mean_over_positions(features, mask)
+        if features.shape[0] != outputs.shape[0]:
+            raise ShapeMismatchError(
+                f"Layer {self.layer!r} sees {features.shape[0]} rows for {outputs.shape[0]} predictions "
+                "(it does not run batch-first on every example, e.g. a mixture-of-experts expert); "
+                "pick another layer."
+            )
+        return Samples(features=features, outputs=outputs, labels=_class_labels(labels, outputs.shape[0]))
+
+    def _per_position(
+        self,
+        features: torch.Tensor,
+        outputs: torch.Tensor,
+        mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> Samples:
+        """Rows of (B, T, ·) tensors at non-padding (and, for token classification, labelled) positions."""
+        grid = outputs.shape[:2]
+        if features.shape[:2] != grid:
+            raise ShapeMismatchError(
+                f"Layer {self.layer!r} sees inputs of shape {tuple(features.shape)}, which do not line up "
+                f"with the per-position logits {tuple(outputs.shape)}; pick a layer that runs on every token."
+            )
+        keep = torch.ones(grid, dtype=torch.bool, device=outputs.device)
+        if mask is not None:
+            if mask.shape != grid:
+                raise ShapeMismatchError(
+                    f"attention_mask has shape {tuple(mask.shape)} but the head predicts on a {tuple(grid)} "
+                    "grid; pass inputs whose mask matches the token positions, or none to use every position."
+                )
+            keep &= mask
+        if self._is_lm_head:
+            labels = None
+        elif labels is not None:
+            if labels.shape != grid:
+                raise ShapeMismatchError(
+                    f"Token labels have shape {tuple(labels.shape)}, expected {tuple(grid)} "
+                    "(one per position)."
+                )
+            keep &= labels != IGNORE_INDEX
+            labels = labels[keep].long()
+        return Samples(features=features[keep], outputs=outputs[keep], labels=labels)
+
+
+def _mean_over_positions(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of (B, ..., d) features over the middle dims; over non-padding positions when masked."""
+    if mask is not None and features.ndim == 3 and mask.shape == features.shape[:2]:
+        weights = mask.to(features.dtype).unsqueeze(-1)
+        return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+    return features.flatten(1, -2).mean(dim=1)
+
+
+def _class_labels(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """One integer class label per example, or None when the labels are not class indices."""
+    if labels is None or labels.is_floating_point() or labels.shape != (n,):
+        return None
+    return labels.long()

@@ -1,0 +1,87 @@
+"""Tiny Hugging Face models built from configs (random weights, CPU, eval mode) and their inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import transformers as tf
+
+VOCAB = 100
+PAD = 0
+LABELS = 3
+TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=VOCAB)
+
+
+def _llama_config(**kwargs) -> tf.LlamaConfig:
+    return tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=40, **kwargs)
+
+
+def _gpt2_config(**kwargs) -> tf.GPT2Config:
+    return tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=40, bos_token_id=1,
+                         eos_token_id=1, **kwargs)
+
+
+_BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
+    "bert": lambda: tf.BertForSequenceClassification(tf.BertConfig(**TEXT, num_labels=LABELS)),
+    "bert-token": lambda: tf.BertForTokenClassification(tf.BertConfig(**TEXT, num_labels=LABELS)),
+    "roberta": lambda: tf.RobertaForSequenceClassification(
+        tf.RobertaConfig(**TEXT, num_labels=LABELS, pad_token_id=1, max_position_embeddings=40)
+    ),
+    "distilbert": lambda: tf.DistilBertForSequenceClassification(
+        tf.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=37, num_labels=LABELS)
+    ),
+    "deberta-v2": lambda: tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(**TEXT, num_labels=LABELS)),
+    "electra": lambda: tf.ElectraForSequenceClassification(
+        tf.ElectraConfig(**TEXT, embedding_size=16, num_labels=LABELS)
+    ),
+    "gpt2": lambda: tf.GPT2ForSequenceClassification(_gpt2_config(num_labels=LABELS, pad_token_id=PAD)),
+    "llama": lambda: tf.LlamaForSequenceClassification(_llama_config(num_labels=LABELS, pad_token_id=PAD)),
+    "gpt2-lm": lambda: tf.GPT2LMHeadModel(_gpt2_config()),
+    "llama-lm": lambda: tf.LlamaForCausalLM(_llama_config(tie_word_embeddings=True)),
+    "vit": lambda: tf.ViTForImageClassification(
+        tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                     image_size=16, patch_size=8, num_labels=LABELS)
+    ),
+    "resnet": lambda: tf.ResNetForImageClassification(
+        tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=LABELS)
+    ),
+    "convnext": lambda: tf.ConvNextForImageClassification(
+        tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=LABELS)
+    ),
+    "wav2vec2": lambda: tf.Wav2Vec2ForSequenceClassification(
+        tf.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                          conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
+                          num_conv_pos_embedding_groups=2, classifier_proj_size=24, num_labels=LABELS)
+    ),
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    """A tiny model of family `name` in eval mode, seeded so every call builds the same weights."""
+    torch.manual_seed(0)
+    return _BUILDERS[name]().eval()
+
+
+def text_batch(
+    lengths: tuple[int, ...] = (7, 5, 3, 6), left: bool = False, pad: int = PAD
+) -> dict[str, torch.Tensor]:
+    """Rows of 7 token ids, padded (right by default) to `lengths`, with the attention mask."""
+    ids = torch.randint(2, VOCAB, (len(lengths), 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        if left:
+            mask[row, 7 - n:] = 1
+        else:
+            mask[row, :n] = 1
+    ids[mask == 0] = pad
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def image_batch() -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))}
+
+
+def audio_batch() -> dict[str, torch.Tensor]:
+    return {"input_values": torch.randn(3, 400, generator=torch.Generator().manual_seed(3))}
