@@ -17,6 +17,9 @@ _LAZY = {
     "DLRResult": "dlr_hf.metric",
     "LinearCKAAccumulator": "dlr_hf.metric",
     "DLRError": "dlr_hf.errors",
+    "evaluate": "dlr_hf.engine",
+    "EvaluationReport": "dlr_hf.engine",
+    "DLRCallback": "dlr_hf.surfaces.callback",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,72 @@
+"""A real Trainer on the digits data with the demo's tiny ViT, shared by the callback tests.
+
+Also runnable as a script (used under ``accelerate launch`` for the two-process test).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+
+from dlr_hf import DLRCallback
+from dlr_hf.engine.demo import digits_dataset, image_processor, tiny_vit
+
+
+def with_pixels(split, processor):
+    """Trainer-format rows (pixel_values, label), preprocessed on the fly, one row at a time."""
+
+    def transform(rows):
+        pixels = [processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0] for image in rows["image"]]
+        return {"pixel_values": pixels, "label": rows["label"]}
+
+    return split.with_transform(transform)
+
+
+def accuracy(prediction) -> dict[str, float]:
+    return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
+
+
+def make_trainer(output_dir: Path, *, max_steps: int = 30, eval_steps: int = 10, report_to=(), callback=None, eval_dict=False, **extra):
+    torch.set_num_threads(1)
+    data = digits_dataset()
+    processor = image_processor()
+    evaluation = with_pixels(data["test"], processor)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        learning_rate=1e-3,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        logging_steps=eval_steps,
+        remove_unused_columns=False,
+        use_cpu=True,
+        report_to=list(report_to),
+        seed=0,
+        **extra,
+    )
+    return Trainer(
+        model=tiny_vit(),
+        args=args,
+        train_dataset=with_pixels(data["train"], processor),
+        eval_dataset={"digits": evaluation, "again": evaluation} if eval_dict else evaluation,
+        processing_class=processor,
+        compute_metrics=accuracy,
+        callbacks=[callback or DLRCallback()],
+    )
+
+
+if __name__ == "__main__":
+    output = Path(sys.argv[1])
+    trainer = make_trainer(output, max_steps=10, eval_steps=5)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        (output / "log_history.json").write_text(json.dumps(trainer.state.log_history))
