@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements-test.txt
 python -m pip install -q --no-deps -r requirements-nodeps.txt
 python -m pip install -q --no-deps -e .
+bash scripts/install_browser.sh
 set +e
 python -m pytest -q
 status=$?
