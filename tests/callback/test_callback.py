@@ -108,13 +108,15 @@ def test_dict_of_eval_datasets_and_step_measurements(tmp_path):
 def test_two_processes_log_once_without_hanging(tmp_path):
     script = Path(__file__).parent / "training.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    # torch's launcher: two gloo processes on loopback (`accelerate launch --cpu` starts only one).
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", "29517", str(script), str(tmp_path),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        str(script), str(tmp_path),
     ]
     subprocess.run(command, check=True, timeout=600, env=env, capture_output=True)
-    history = json.loads((tmp_path / "log_history.json").read_text())
+    record = json.loads((tmp_path / "log_history.json").read_text())
+    assert record["world_size"] == 2
+    history = record["log_history"]
     logged = entries(history, "eval_dlr")
     assert [row["step"] for row in logged] == [5, 10]
     assert all(0 <= row["eval_dlr"] <= 1 for row in logged)

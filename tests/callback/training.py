@@ -69,4 +69,5 @@ if __name__ == "__main__":
     trainer = make_trainer(output, max_steps=10, eval_steps=5)
     trainer.train()
     if trainer.is_world_process_zero():
-        (output / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+        record = {"world_size": trainer.args.world_size, "log_history": trainer.state.log_history}
+        (output / "log_history.json").write_text(json.dumps(record))
