@@ -1,0 +1,164 @@
+"""The app's functions called directly: evaluate, compare, history (with cache hits)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dlr_hf.engine import evaluate
+from app_helpers import example_args, make_app
+
+HEADLINE = re.compile(r"D_LR = ([0-9.]+)")
+
+
+def shown_dlr(headline: str) -> float:
+    match = HEADLINE.search(headline)
+    assert match, headline
+    return float(match.group(1))
+
+
+def test_evaluate_shows_the_library_value(app, demo_paths):
+    headline, details, baselines, figure, report_path, history = app.evaluate_ui(
+        *example_args(demo_paths, "rich", n=48, reference=str(demo_paths["initial"]))
+    )
+    expected = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=48, seed=0,
+                        reference_model=str(demo_paths["initial"]), progress=False)
+    assert shown_dlr(headline) == pytest.approx(expected.dlr, abs=5e-5)
+    assert "rank r** = 10" in details and "**p** = 64" in details and "**C** = 10" in details
+    assert "Measured in" in details
+    assert list(baselines["measure"]) == ["D_LR", "accuracy", "NC1", "effective rank", "‖θ‖²", "S_init", "‖θ − θ0‖ / ‖θ0‖"]
+    assert float(baselines.set_index("measure").loc["S_init", "value"]) == pytest.approx(expected.baselines["s_init"], abs=1e-4)
+    assert len(figure.axes) == 4  # spectrum, U(k), Q(k), π_k
+    document = json.loads(Path(report_path).read_text())
+    assert document["schema"] == "dlr-hf/report/v1"
+    assert document["dlr"] == pytest.approx(expected.dlr, abs=1e-12)
+    assert document["dataset"]["id"] == str(demo_paths["data"]) and document["dataset"]["split"] == "test"
+    assert document["settings"]["reference"] == str(demo_paths["initial"])
+    assert len(history) == 1 and history.iloc[0]["D_LR"] == pytest.approx(expected.dlr, abs=5e-5)
+
+
+def test_repeated_request_is_answered_from_history(app, demo_paths):
+    first = app.evaluate_ui(*example_args(demo_paths, "lazy", n=32))
+    started = time.perf_counter()
+    second = app.evaluate_ui(*example_args(demo_paths, "lazy", n=32, batch_size=16))  # batch size is not in the key
+    elapsed = time.perf_counter() - started
+    assert "Answered from the history" in second[1]
+    assert second[0] == first[0]
+    assert elapsed < 1.5
+    assert len(app.history) == 1
+    # anything that changes the number is a new entry: seed, n, layer
+    app.evaluate_ui(*example_args(demo_paths, "lazy", n=32, seed=1))
+    app.evaluate_ui(*example_args(demo_paths, "lazy", n=33))
+    layer = app.evaluate_ui(*example_args(demo_paths, "lazy", n=32, layer="vit.layers.1.mlp.fc2"))
+    assert "vit.layers.1.mlp.fc2" in layer[1]
+    assert len(app.history) == 4
+    table = app.history_table()
+    assert list(table.columns)[:3] == ["when (UTC)", "model", "model ref"]
+    assert set(table["n"]) == {32, 33} and set(table["seed"]) == {0, 1}
+
+
+def test_history_survives_a_restart_and_tracks_folder_content(app, demo_paths, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(demo_paths["lazy"], copy)
+    app.evaluate_ui(*example_args(demo_paths, n=32, model=str(copy)))
+    restarted = make_app(demo_paths, app.history.path)
+    assert "Answered from the history" in restarted.evaluate_ui(*example_args(demo_paths, n=32, model=str(copy)))[1]
+    # the same folder with other weights is another model: the content hash changes
+    shutil.copy(demo_paths["rich"] / "model.safetensors", copy / "model.safetensors")
+    changed = restarted.evaluate_ui(*example_args(demo_paths, n=32, model=str(copy)))
+    assert "Measured in" in changed[1]
+    assert len(restarted.history) == 2
+
+
+@pytest.fixture
+def training_run(demo_paths, tmp_path) -> Path:
+    """A Trainer-style output folder: checkpoint-5 (lazy), checkpoint-10 (initial), checkpoint-20 (rich)."""
+    run = tmp_path / "run"
+    for step, name in ((20, "rich"), (5, "lazy"), (10, "initial")):
+        shutil.copytree(demo_paths[name], run / f"checkpoint-{step}")
+    (run / "trainer_state.json").write_text("{}")
+    return run
+
+
+def test_compare_expands_a_training_folder_in_step_order(app, demo_paths, training_run):
+    table, figure, path, history = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)
+    assert list(table["checkpoint"]) == ["checkpoint-5", "checkpoint-10", "checkpoint-20"]
+    assert list(table["step"]) == [5, 10, 20]
+    rich = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=32, progress=False)
+    assert table["D_LR"].iloc[-1] == pytest.approx(rich.dlr, abs=5e-5)
+    assert table["accuracy"].iloc[-1] == pytest.approx(rich.baselines["accuracy"], abs=5e-5)
+    assert figure.axes[0].get_xlabel() == "training step"
+    lines = {line.get_label(): line for line in figure.axes[0].lines}
+    assert list(lines["D_LR (0 = rich, 1 = lazy)"].get_xdata()) == [5, 10, 20]
+    assert len(json.loads(Path(path).read_text())) == 3
+    assert len(history) == 3
+    # the same checkpoints again: every one answered from the history
+    again = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)[0]
+    assert list(again["from history"]) == ["yes"] * 3
+    pd.testing.assert_series_equal(again["D_LR"], table["D_LR"])
+
+
+def test_compare_takes_a_list_of_checkpoints(app, demo_paths, training_run):
+    entries = f"{training_run / 'checkpoint-20'}, {demo_paths['lazy']}"
+    table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 32, 32, 0)
+    assert list(table["checkpoint"]) == ["checkpoint-20", "demo-v3/lazy".replace("demo-v3", demo_paths["lazy"].parent.name)]
+    assert figure.axes[0].get_xlabel() == "checkpoint"
+    assert table["D_LR"].iloc[0] < table["D_LR"].iloc[1]  # rich below lazy
+
+
+def test_hub_ids_are_keyed_by_commit(app, demo_paths, tmp_path, monkeypatch):
+    """A model loaded by name from the Hub cache (offline): the history key carries its commit."""
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--demo-org--rich-vit"
+    shutil.copytree(demo_paths["rich"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    headline, details, *_ = app.evaluate_ui(*example_args(demo_paths, n=32, model="demo-org/rich-vit"))
+    assert f"commit `{commit[:10]}`" in details
+    assert app.history_table().iloc[0]["model ref"] == commit[:10]
+    assert "Answered from the history" in app.evaluate_ui(*example_args(demo_paths, n=32, model="demo-org/rich-vit", revision="main"))[1]
+    local = app.evaluate_ui(*example_args(demo_paths, n=32))
+    assert shown_dlr(local[0]) == shown_dlr(headline)
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    from dlr_hf.surfaces.app import AppConfig
+
+    monkeypatch.setenv("DLR_HF_MAX_SAMPLES", "500")
+    monkeypatch.setenv("DLR_HF_MAX_BATCH", "8")
+    monkeypatch.setenv("DLR_HF_QUEUE_SIZE", "3")
+    monkeypatch.setenv("DLR_HF_HISTORY_DB", str(tmp_path / "h.sqlite"))
+    monkeypatch.setenv("DLR_HF_DEMO", "0")
+    monkeypatch.delenv("DLR_HF_LOCAL_ROOTS", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    config = AppConfig.from_env()
+    assert (config.max_samples, config.max_batch, config.queue_size, config.concurrency) == (500, 8, 3, 1)
+    assert config.history_db == tmp_path / "h.sqlite" and config.demo is False
+    assert config.local_roots is None  # locally: any path
+    monkeypatch.setenv("SPACE_ID", "someone/dlr")
+    assert AppConfig.from_env().local_roots == []  # on a Space: only the demo (added when built)
+    monkeypatch.setenv("DLR_HF_LOCAL_ROOTS", f"{tmp_path}")
+    assert AppConfig.from_env().local_roots == [tmp_path.resolve()]
+    monkeypatch.setenv("DLR_HF_MAX_BATCH", "lots")
+    with pytest.raises(ValueError, match="DLR_HF_MAX_BATCH must be an integer"):
+        AppConfig.from_env()
+
+
+def test_build_demo_wires_the_device_slot_and_a_bounded_queue(app):
+    from dlr_hf.surfaces.app import build_demo, device_name
+
+    demo = build_demo(app)
+    assert demo._queue.max_size == app.config.queue_size
+    heavy = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") in ("evaluate_ui", "compare_ui")]
+    assert len(heavy) == 4  # two buttons, two demo examples
+    assert {fn.concurrency_id for fn in heavy} == {f"device-{device_name()}"}
+    assert {fn.concurrency_limit for fn in heavy} == {1}
