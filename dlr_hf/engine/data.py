@@ -6,6 +6,7 @@ is never tokenised or decoded as a whole.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -64,14 +65,15 @@ def load_data(
         if isinstance(dataset, datasets.DatasetDict):
             loaded, name = dataset, "in-memory"
         else:
-            loaded = _load(name, config, revision)
+            loaded = _load(name, config, revision, split)
         if isinstance(loaded, datasets.DatasetDict):
             chosen = _pick_split(list(loaded.keys()), split, name)
             data = loaded[chosen]
         else:
             data, chosen = loaded, split
     if len(data) == 0:
-        raise DatasetLoadError(f"split {chosen!r} of {name} is empty")
+        where = name if chosen is None else f"split {chosen!r} of {name}"
+        raise DatasetLoadError(f"{where} is empty; pick a split with rows (--split / split=)")
     source = {
         "id": name,
         "config": config,
@@ -83,17 +85,45 @@ def load_data(
     return LoadedData(data, source)
 
 
-def _load(name: str, config: str | None, revision: str | None) -> datasets.Dataset | datasets.DatasetDict:
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _load(
+    name: str, config: str | None, revision: str | None, split: str | None = None
+) -> datasets.Dataset | datasets.DatasetDict:
+    """Any dataset source; every failure inside ``datasets`` becomes one DatasetLoadError line."""
     path = Path(name).expanduser()
-    try:
+
+    def read(only_split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-            return datasets.load_from_disk(str(path))
+            try:
+                return datasets.load_from_disk(str(path))
+            except IndexError as error:  # datasets cannot reload a split saved with no rows (no arrow file)
+                raise DatasetLoadError(
+                    f"{name} holds an empty split, which datasets cannot reload; save it without that split"
+                ) from error
         if path.is_file():
             builder = FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise DatasetLoadError(f"cannot read {path.name}: use one of {', '.join(FILE_BUILDERS)}")
-            return datasets.load_dataset(builder, data_files=str(path))
-        return datasets.load_dataset(name, config, revision=revision)
+            return datasets.load_dataset(builder, data_files=str(path), split=only_split)
+        return datasets.load_dataset(name, config, revision=revision, split=only_split)
+
+    try:
+        try:
+            return read()
+        except ValueError as error:
+            # datasets refuses to build a DatasetDict with an empty split ('Instruction "test" corresponds
+            # to no data!'); the other splits still load one at a time.
+            empty = re.search(r'Instruction "(.+?)" corresponds to no data', str(error))
+            if empty is None:
+                raise
+            if split is None or split == empty.group(1):
+                raise DatasetLoadError(
+                    f"split {empty.group(1)!r} of {name} is empty; pick a split with rows (--split / split=)"
+                ) from error
+            return read(split)
     except DatasetLoadError:
         raise
     except RuntimeError as error:
@@ -102,13 +132,14 @@ def _load(name: str, config: str | None, revision: str | None) -> datasets.Datas
                 f"{name} is defined by a loading script, which datasets no longer runs; use a version "
                 "of the dataset stored as data files (e.g. its 'refs/convert/parquet' revision)"
             ) from error
-        raise DatasetLoadError(f"could not load dataset {name!r}: {error}") from error
+        raise DatasetLoadError(f"could not load dataset {name!r}: {_first_line(error)}") from error
     except (OSError, ValueError, ConnectionError, FileNotFoundError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DatasetLoadError(
-            f"could not load dataset {name!r}" + (f" (config {config!r})" if config else "") + f": {first_line} "
+            f"could not load dataset {name!r}" + (f" (config {config!r})" if config else "") + f": {_first_line(error)} "
             "— check the id, config and split (offline, the dataset must already be cached)"
         ) from error
+    except Exception as error:  # anything else raised inside datasets: still one line, no traceback
+        raise DatasetLoadError(f"could not load dataset {name!r}: {type(error).__name__}: {_first_line(error)}") from error
 
 
 # --- columns -------------------------------------------------------------------------------------

@@ -118,7 +118,9 @@ class EvaluationReport:
         r = self.result
         lines = [
             f"model    {self.model.get('id')}" + (f" @ {self.model['commit'][:10]}" if self.model.get("commit") else ""),
-            f"dataset  {self.dataset.get('id')} [{self.dataset.get('split')}] · {self.dataset.get('num_examples')} examples → n = {r.num_samples} samples",
+            f"dataset  {self.dataset.get('id')}"
+            + (f" [{self.dataset['split']}]" if self.dataset.get("split") else "")  # a bare Dataset has no split name
+            + f" · {self.dataset.get('num_examples')} examples → n = {r.num_samples} samples",
             f"head     {self.head.get('layer') or self.head.get('module_path')} (p = {r.feature_dim}, C = {r.num_outputs}) · {self.head.get('between')}",
             f"D_LR     {r.dlr:.4f}  ({reading(r.dlr)})   rank r = {r.rank}, feature rank = {r.feature_rank}",
         ]

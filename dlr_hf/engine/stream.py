@@ -7,6 +7,7 @@ themselves are summed across processes afterwards (collective: every rank takes 
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import Callable, Iterable
 
@@ -23,12 +24,26 @@ SampleConsumer = Callable[[Samples, dict[str, torch.Tensor]], None]
 """Also sees every batch's samples and inputs (e.g. to stream CKA against the initial model)."""
 
 
+def launched_on_cpu_only() -> bool:
+    """Several processes were launched (``accelerate launch --multi_gpu``, torchrun) on a machine with no accelerator.
+
+    Accelerate forms a CPU process group (gloo) only when told to use the CPU; otherwise every
+    process would believe it is alone and measure the whole dataset. (``accelerate launch --cpu``
+    starts a single process unless given an MPI hostfile.)
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    if hasattr(torch, "accelerator"):
+        return not torch.accelerator.is_available()
+    return not torch.cuda.is_available()
+
+
 def make_accelerator(precision: str = "fp32", cpu: bool = False) -> Accelerator:
     """An Accelerator that never pads the last batch with duplicated samples."""
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     return Accelerator(
         mixed_precision=mixed,
-        cpu=cpu,
+        cpu=cpu or launched_on_cpu_only(),
         dataloader_config=DataLoaderConfiguration(even_batches=False),
     )
 
@@ -66,6 +81,7 @@ def stream_statistics(
     in layer-wise mode the joint moments of features and final logits are streamed.
     """
     device = input_device(model, accelerator)
+    tap = FeatureTap(model, head, layer=layer)  # first: it checks that `layer` names a linear layer
     accumulator = DLRAccumulator(
         track_outputs=layer is not None,
         num_classes=num_classes,
@@ -76,7 +92,7 @@ def stream_statistics(
     )
     autocast = accelerator.autocast() if accelerator.mixed_precision != "no" else nullcontext()
     bar = tqdm(batches, total=total, desc="forward", unit="batch", disable=not (progress and accelerator.is_main_process))
-    with FeatureTap(model, head, layer=layer) as tap, torch.inference_mode(), autocast:
+    with tap, torch.inference_mode(), autocast:
         for batch in bar:
             batch = {key: value.to(device) for key, value in batch.items()}
             inputs = model_inputs(batch)
@@ -90,7 +106,9 @@ def stream_statistics(
 
 
 def _tapped_dim(model: nn.Module, head: HeadInfo, layer: str | None) -> int:
+    """p: the head's input width, or the tapped layer's (an nn.Linear, or GPT-2's Conv1D with ``nx``)."""
     if layer is None:
         return head.feature_dim
-    return model.get_submodule(layer).in_features
+    module = model.get_submodule(layer)
+    return module.in_features if isinstance(module, nn.Linear) else module.nx
 

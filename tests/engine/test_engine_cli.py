@@ -1,0 +1,31 @@
+"""The CLI's default (no MODEL): the built-in rich-vs-lazy demo, offline."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from dlr_hf.surfaces.cli import build_parser, main
+
+
+def test_default_runs_the_demo(demo_cache, demo, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DLR_HF_CACHE", str(demo_cache))  # the demo is already built there
+    output = tmp_path / "demo.json"
+    assert main(["evaluate", "--quiet", "--output", str(output)]) == 0
+    captured = capsys.readouterr()
+    assert "running the built-in demo" in captured.err
+
+    printed = [float(value) for value in re.findall(r"^D_LR\s+([0-9.]+)", captured.out, flags=re.M)]
+    reports = json.loads(output.read_text())
+    assert len(printed) == len(reports) == 2  # both checkpoints, both values
+    rich, lazy = reports
+    assert rich["model"]["path"] == str(demo["rich"].resolve()) and lazy["model"]["path"] == str(demo["lazy"].resolve())
+    assert printed == [round(rich["dlr"], 4), round(lazy["dlr"], 4)]
+    assert rich["dlr"] < lazy["dlr"]
+    assert rich["dataset"]["id"] == str(demo["data"]) and rich["result"]["num_samples"] == 360
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["evaluate"])
+    assert (args.models, args.dataset, args.num_samples, args.batch_size, args.precision) == ([], None, 1000, 32, "fp32")
+    assert args.trust_remote_code is False  # remote code stays off unless asked for
