@@ -10,6 +10,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -58,16 +59,6 @@ def find_head(model: nn.Module, loader: DataLoader, device: torch.device) -> Hea
     first = next(iter(DataLoader(loader.dataset, batch_size=2, collate_fn=loader.collate_fn)))
     with torch.inference_mode():
         return locate_head(model, {key: value.to(device) for key, value in first.items()})
-
-
-def _num_classes(model: nn.Module, head: HeadInfo) -> int | None:
-    if head.selection == "per_position" and modality_is_lm(model):
-        return None
-    return head.num_outputs
-
-
-def modality_is_lm(model: nn.Module) -> bool:
-    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel", "ForMaskedLM"))
 
 
 class _InitialFeatures:
@@ -162,19 +153,29 @@ def evaluate(
     if num_examples < 2:
         raise TooFewSamplesError(f"D_LR needs at least 2 examples; the dataset gives {num_examples}")
     head = find_head(net, loader, device)
-    shard = accelerator.prepare_data_loader(loader, device_placement=False)
+    # The module-level function, not accelerator.prepare_data_loader: that one keeps a reference to
+    # every loader it prepares, so a reused Accelerator (CLI over several models, the app) would grow.
+    shard = prepare_data_loader(
+        loader,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        put_on_device=False,
+        even_batches=False,
+    )
     timings["load_data"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     reference = None
     consumers = ()
     if reference_model is not None:
-        reference = load_model(reference_model, precision=precision, trust_remote_code=trust_remote_code).model
+        reference = load_model(
+            reference_model, precision=precision, trust_remote_code=trust_remote_code, safetensors_only=safetensors_only
+        ).model
         reference.to(device)
         consumers = (_InitialFeatures(reference, head, layer),)
     accumulator = stream_statistics(
         net, shard, head, accelerator,
-        layer=layer, num_classes=_num_classes(net, head), rtol=rtol, progress=progress,
+        layer=layer, num_classes=head.num_outputs, rtol=rtol, progress=progress,
         total=len(shard), consumers=consumers,
     )
     timings["forward"] = time.perf_counter() - mark

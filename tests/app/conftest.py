@@ -1,7 +1,7 @@
 """Fixtures of the app tests: the offline demo (built once per session), apps, a served app.
 
-The demo (a rich and a lazy tiny ViT on scikit-learn's digits) is built in a temporary folder, so
-the tests never touch ~/.cache. Set DLR_HF_TEST_DEMO_ROOT to a folder to reuse a demo across runs.
+The demo (a rich and a lazy tiny ViT on scikit-learn's digits) is the session fixture of
+tests/conftest.py, built in a temporary folder so the tests never touch ~/.cache.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 @pytest.fixture(scope="session")
-def demo_paths(tmp_path_factory) -> dict[str, Path]:
-    from dlr_hf.engine import ensure_demo
-
-    root = os.environ.get("DLR_HF_TEST_DEMO_ROOT")
-    return ensure_demo(Path(root) if root else tmp_path_factory.mktemp("dlr-demo"))
+def demo_paths(demo) -> dict[str, Path]:
+    """The session's demo (tests/conftest.py), under the name the app tests use."""
+    return demo
 
 
 @pytest.fixture

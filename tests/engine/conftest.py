@@ -1,7 +1,6 @@
 """Shared fixtures of the engine and CLI tests: the demo (built once), tokenizer, tiny models, caches.
 
-The demo (two tiny ViTs trained on digits) takes the longest to build, so one session-scoped
-fixture builds it into a temporary ``DLR_HF_CACHE`` and every test reads it from there.
+The demo itself (``demo``, ``demo_cache``) comes from the session fixture in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 import engine_helpers as eh
-from dlr_hf.engine.demo import DEMO_VERSION, ensure_demo
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,25 +20,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``DLR_HF_CACHE`` folder holding the built demo (what ``cache_dir()`` resolves to)."""
-    base = tmp_path_factory.mktemp("dlr-hf-cache")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ensure_demo(base / f"demo-v{DEMO_VERSION}")
-    finally:
-        torch.set_num_threads(threads)
-    return base
-
-
-@pytest.fixture(scope="session")
-def demo(demo_cache: Path) -> dict[str, Path]:
-    """The demo's paths: ``data``, ``initial``, ``rich``, ``lazy`` (already built, so this is instant)."""
-    return ensure_demo(demo_cache / f"demo-v{DEMO_VERSION}")
 
 
 @pytest.fixture(scope="session")
