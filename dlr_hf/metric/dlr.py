@@ -402,7 +402,8 @@ def _nc1(scatter: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor, rto
     between_scatter = offsets.T @ (counts[:, None] * offsets)
     within = (scatter - between_scatter) / total
     between = offsets.T @ offsets / num_classes
-    return float(torch.trace(within @ torch.linalg.pinv(between, rtol=rtol**2, hermitian=True)) / num_classes)
+    nc1 = float(torch.trace(within @ torch.linalg.pinv(between, rtol=rtol**2, hermitian=True)) / num_classes)
+    return max(nc1, 0.0)  # a trace of PSD products: negative only by rounding (exact collapse)
 
 
 def compute_dlr(

@@ -7,12 +7,12 @@ from torch import nn
 
 
 def parameter_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached float32 CPU copy of the trainable parameters, to compare against later."""
-    return {
-        name: param.detach().to("cpu", torch.float32).clone()
-        for name, param in model.named_parameters()
-        if param.requires_grad
-    }
+    """A detached float32 CPU copy of all parameters (θ0), to compare against later.
+
+    Frozen parameters count too: ‖θ − θ0‖/‖θ0‖ is over the whole network, so last-layer-only
+    training reads as the small change it is.
+    """
+    return {name: param.detach().to("cpu", torch.float32).clone() for name, param in model.named_parameters()}
 
 
 def parameter_norm(model: nn.Module) -> float:

@@ -297,3 +297,21 @@ def test_property_streamed_equals_brute_force(n, p, c, seed, batch):
     assert result.rank == rank
     assert result.dlr == pytest.approx(expected, abs=1e-8)
 
+
+
+def test_parameter_baselines_cover_frozen_parameters():
+    from torch import nn
+
+    from dlr_hf.metric import parameter_change, parameter_norm, parameter_snapshot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    model[0].weight.requires_grad_(False)
+    initial = parameter_snapshot(model)
+    expected_norm = sum(float(p.double().pow(2).sum()) for p in model.parameters())
+    assert parameter_norm(model) == pytest.approx(expected_norm, rel=1e-12)
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    theta0 = torch.cat([p.flatten() for p in initial.values()]).double()
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()]).double()
+    assert parameter_change(model, initial) == pytest.approx(float((theta - theta0).norm() / theta0.norm()), rel=1e-6)
