@@ -19,12 +19,7 @@ import torch
 from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification
 
 from dlr_hf import DLRCallback
-from dlr_hf.engine.demo import digits_dataset, image_processor
-
-
-def pixel_rows(split, processor) -> list[dict]:
-    pixels = processor(images=[image.convert("RGB") for image in split["image"]], return_tensors="pt")["pixel_values"]
-    return [{"pixel_values": p, "labels": int(label)} for p, label in zip(pixels, split["label"])]
+from dlr_hf.engine.demo import digits_dataset, trainer_rows
 
 
 def model() -> ViTForImageClassification:
@@ -86,8 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = digits_dataset()
-    processor = image_processor()
-    train_rows, eval_rows = pixel_rows(data["train"], processor), pixel_rows(data["test"], processor)
+    train_rows, eval_rows = trainer_rows(data["train"]), trainer_rows(data["test"])
     # The probe draws 512 examples: give it an eval set at least that large.
     eval_rows = (eval_rows * 2)[:720]
     timed_run(train_rows, eval_rows, 20, True)  # warm-up

@@ -17,13 +17,8 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from dlr_hf import DLRCallback
-from dlr_hf.engine.demo import digits_dataset, image_processor, tiny_vit
+from dlr_hf.engine.demo import digits_dataset, tiny_vit, trainer_rows
 from dlr_hf.surfaces.plots import trajectory_figure
-
-
-def pixel_rows(split, processor) -> list[dict]:
-    pixels = processor(images=[image.convert("RGB") for image in split["image"]], return_tensors="pt")["pixel_values"]
-    return [{"pixel_values": p, "labels": int(label)} for p, label in zip(pixels, split["label"])]
 
 
 def accuracy(prediction) -> dict[str, float]:
@@ -55,8 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = digits_dataset()
-    processor = image_processor()
-    train_rows, eval_rows = pixel_rows(data["train"], processor), pixel_rows(data["test"], processor)
+    train_rows, eval_rows = trainer_rows(data["train"]), trainer_rows(data["test"])
     series: dict[str, list] = {}
     steps: list[int] = []
     for regime in ("rich", "lazy"):

@@ -66,15 +66,10 @@ _DIGITS: Digits | None = None
 def digits() -> Digits:
     global _DIGITS
     if _DIGITS is None:
-        from dlr_hf.engine.demo import digits_dataset, image_processor
+        from dlr_hf.engine.demo import digits_dataset, pixel_values
 
         data = digits_dataset()
-        processor = image_processor()
-
-        def pixels(split):
-            return processor(images=[image.convert("RGB") for image in split["image"]], return_tensors="pt")["pixel_values"]
-
-        train_pixels, test_pixels = pixels(data["train"]), pixels(data["test"])
+        train_pixels, test_pixels = pixel_values(data["train"]), pixel_values(data["test"])
         _DIGITS = Digits(
             train_pixels=train_pixels,
             train_flat=train_pixels[:, 0].reshape(len(train_pixels), -1).contiguous(),

@@ -42,6 +42,17 @@ def image_processor() -> ViTImageProcessorPil:
     return ViTImageProcessorPil(size={"height": 8, "width": 8}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
+def pixel_values(split: datasets.Dataset, processor: ViTImageProcessorPil | None = None) -> torch.Tensor:
+    """A demo split's images as the ViT's input tensor (N, 3, 8, 8), preprocessed once."""
+    processor = processor or image_processor()
+    return processor(images=[image.convert("RGB") for image in split["image"]], return_tensors="pt")["pixel_values"]
+
+
+def trainer_rows(split: datasets.Dataset) -> list[dict]:
+    """A demo split as ``Trainer`` examples: ``{"pixel_values", "labels"}`` per row."""
+    return [{"pixel_values": p, "labels": int(label)} for p, label in zip(pixel_values(split), split["label"])]
+
+
 def tiny_vit(seed: int = SEED) -> ViTForImageClassification:
     torch.manual_seed(seed)
     config = ViTConfig(
@@ -80,7 +91,7 @@ def ensure_demo(root: Path | None = None) -> dict[str, Path]:
         return paths
     data = digits_dataset()
     processor = image_processor()
-    pixels = processor(images=[image.convert("RGB") for image in data["train"]["image"]], return_tensors="pt")["pixel_values"]
+    pixels = pixel_values(data["train"], processor)
     labels = torch.tensor(data["train"]["label"])
     data.save_to_disk(str(paths["data"]))
     for name in ("initial", "rich", "lazy"):
