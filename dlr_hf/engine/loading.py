@@ -124,7 +124,7 @@ def load_model(
             )
         except ModelLoadError:
             raise
-        except (OSError, ValueError, KeyError, EnvironmentError) as error:
+        except (OSError, ValueError, KeyError) as error:
             where = f"folder {name}" if is_local else f"Hub model {name!r}" + (f" at revision {revision!r}" if revision else "")
             raise ModelLoadError(
                 f"could not load the {where}: {str(error).splitlines()[0]} — check the id and revision "
