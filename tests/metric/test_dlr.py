@@ -308,7 +308,7 @@ def test_parameter_baselines_cover_frozen_parameters():
     model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
     model[0].weight.requires_grad_(False)
     initial = parameter_snapshot(model)
-    expected_norm = sum(float(p.double().pow(2).sum()) for p in model.parameters())
+    expected_norm = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
     assert parameter_norm(model) == pytest.approx(expected_norm, rel=1e-12)
     with torch.no_grad():
         model[1].weight.add_(1.0)
