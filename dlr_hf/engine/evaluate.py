@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from dlr_hf.engine.data import ColumnPlan, detect_columns, load_data, make_collate, subsample_indices
 from dlr_hf.engine.loading import load_model
 from dlr_hf.engine.report import EvaluationReport
-from dlr_hf.engine.stream import input_device, make_accelerator, stream_statistics
+from dlr_hf.engine.stream import input_device, make_accelerator, pool_across_processes, stream_statistics
 from dlr_hf.errors import TooFewSamplesError
 from dlr_hf.metric import DEFAULT_RTOL, LinearCKAAccumulator, parameter_change, parameter_norm, parameter_snapshot
 from dlr_hf.models import FeatureTap, HeadInfo, locate_head, read_head_weight
@@ -190,8 +190,7 @@ def evaluate(
     }
     if reference is not None:
         cka = consumers[0].cka
-        if accelerator.num_processes > 1:
-            cka.all_reduce(lambda tensor: accelerator.reduce(tensor, "sum"))
+        pool_across_processes(accelerator, cka)
         baselines["s_init"] = cka.compute()
         baselines["param_change"] = parameter_change(net, parameter_snapshot(reference))
     timings["compute"] = time.perf_counter() - mark

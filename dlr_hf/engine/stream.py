@@ -17,7 +17,7 @@ from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 from tqdm.auto import tqdm
 
-from dlr_hf.metric import DLRAccumulator
+from dlr_hf.metric import DLRAccumulator, LinearCKAAccumulator
 from dlr_hf.models import FeatureTap, HeadInfo, Samples
 
 SampleConsumer = Callable[[Samples, dict[str, torch.Tensor]], None]
@@ -100,9 +100,14 @@ def stream_statistics(
             accumulator.update(samples.features, samples.outputs, samples.labels)
             for consume in consumers:
                 consume(samples, inputs)
-    if accelerator.num_processes > 1:
-        accumulator.all_reduce(lambda tensor: accelerator.reduce(tensor, "sum"))
+    pool_across_processes(accelerator, accumulator)
     return accumulator
+
+
+def pool_across_processes(accelerator: Accelerator, statistic: DLRAccumulator | LinearCKAAccumulator) -> None:
+    """Sum-reduce a streamed statistic over all processes (collective: every rank calls it)."""
+    if accelerator.num_processes > 1:
+        statistic.all_reduce(lambda tensor: accelerator.reduce(tensor, "sum"))
 
 
 def _tapped_dim(model: nn.Module, head: HeadInfo, layer: str | None) -> int:

@@ -31,7 +31,7 @@ from transformers.trainer_callback import ExportableState
 
 from dlr_hf.engine.data import subsample_indices
 from dlr_hf.engine.evaluate import find_head
-from dlr_hf.engine.stream import input_device, stream_statistics
+from dlr_hf.engine.stream import input_device, pool_across_processes, stream_statistics
 from dlr_hf.metric import (
     DEFAULT_RTOL,
     LinearCKAAccumulator,
@@ -207,8 +207,7 @@ class DLRCallback(TrainerCallback, ExportableState):
                 logs[f"{prefix}param_change"] = parameter_change(trainer.model, self._initial_parameters)
             if pairing:
                 cka = pairing[0].cka
-                if trainer.accelerator.num_processes > 1:
-                    cka.all_reduce(lambda tensor: trainer.accelerator.reduce(tensor, "sum"))
+                pool_across_processes(trainer.accelerator, cka)
                 logs[f"{prefix}s_init"] = cka.compute()
         if result.degenerate:
             logs[f"{prefix}dlr_degenerate"] = 1.0
