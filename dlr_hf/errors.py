@@ -32,6 +32,10 @@ class MissingOutputsError(DLRError):
     """Neither outputs were streamed nor a head weight given, so the learned function is unknown."""
 
 
+class InvalidArgumentError(DLRError, ValueError):
+    """A setting is out of its valid range (rtol, sample counts, seeds, device strings, paths)."""
+
+
 # --- models: finding and hooking the head ---------------------------------------------------------
 class HeadNotFoundError(DLRError):
     """No nn.Linear in the model produces its logits."""

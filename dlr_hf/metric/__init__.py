@@ -6,12 +6,13 @@ baselines.
 """
 
 from dlr_hf.metric.cka import LinearCKAAccumulator
-from dlr_hf.metric.dlr import DEFAULT_RTOL, DLRAccumulator, DLRResult, compute_dlr
+from dlr_hf.metric.dlr import DEFAULT_RTOL, MIN_RTOL, DLRAccumulator, DLRResult, compute_dlr, validate_rtol
 from dlr_hf.metric.moments import ClassMoments, StreamingMoments
 from dlr_hf.metric.parameters import parameter_change, parameter_norm, parameter_snapshot
 
 __all__ = [
     "DEFAULT_RTOL",
+    "MIN_RTOL",
     "ClassMoments",
     "DLRAccumulator",
     "DLRResult",
@@ -21,4 +22,5 @@ __all__ = [
     "parameter_change",
     "parameter_norm",
     "parameter_snapshot",
+    "validate_rtol",
 ]

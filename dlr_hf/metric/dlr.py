@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dlr_hf.errors import (
+    InvalidArgumentError,
     MissingOutputsError,
     NonFiniteError,
     ShapeMismatchError,
@@ -27,6 +28,10 @@ from dlr_hf.metric.spectral import (
 )
 
 DEFAULT_RTOL = 1e-6
+MIN_RTOL = 1e-8
+"""Smallest usable rtol: ranks come from eigenvalues of Gram matrices (σ²), whose float64 rounding
+(~1e-16 of the largest) hides singular values below ~1e-8 of the largest, so a smaller rtol
+would count noise directions as rank."""
 IMBALANCE_RATIO = 2.0
 """Largest/smallest class count above which D_LR's balanced-target assumption is called out."""
 
@@ -63,6 +68,17 @@ class DLRResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def validate_rtol(rtol: Any) -> float:
+    """``rtol`` as a float in ``[MIN_RTOL, 1)``, or InvalidArgumentError saying what is allowed."""
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or not MIN_RTOL <= rtol < 1:
+        raise InvalidArgumentError(
+            f"rtol must be a number in [{MIN_RTOL:g}, 1), got {rtol!r}: it is the relative singular-value "
+            f"cut-off of every numerical rank (default {DEFAULT_RTOL:g}); below {MIN_RTOL:g} float64 "
+            "rounding noise would be counted as rank"
+        )
+    return float(rtol)
 
 
 def _as_tensor(array: Any, name: str) -> torch.Tensor:
