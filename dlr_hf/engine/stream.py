@@ -73,8 +73,12 @@ def stream_statistics(
     progress: bool = True,
     total: int | None = None,
     consumers: tuple[SampleConsumer, ...] = (),
+    pool: bool = True,
 ) -> DLRAccumulator:
     """Stream D_LR's statistics over ``batches`` and all-reduce them across processes.
+
+    ``pool=False`` stops after this process's own pass (nothing collective), so a caller can first
+    agree with the other processes that every one of them succeeded (the Trainer callback does).
 
     In head mode only the feature scatter is kept (outputs are ``ΦWᵀ + b`` exactly, so
     ``compute(head_weight=W)`` recovers them: memory O(p²) even for a vocabulary-sized head);
@@ -100,7 +104,8 @@ def stream_statistics(
             accumulator.update(samples.features, samples.outputs, samples.labels)
             for consume in consumers:
                 consume(samples, inputs)
-    pool_across_processes(accelerator, accumulator)
+    if pool:
+        pool_across_processes(accelerator, accumulator)
     return accumulator
 
 
