@@ -110,7 +110,7 @@ def run(modulus: int = 31, fraction: float = 0.5, steps: int = 3000, every: int 
         pooled.merge(train.accumulator)
         pooled.merge(test.accumulator)
         loose = DLRAccumulator(rtol=1e-2)
-        loose.load_state_dict({**pooled.state_dict(), "rtol": 1e-2})
+        loose.load_state_dict(pooled.state_dict())
         all_pairs, all_loose = pooled.compute(), loose.compute()
         row = {"step": step, "train_loss": loss, "train_accuracy": train.result.accuracy,
                "test_accuracy": test.result.accuracy, "dlr_train": train.result.dlr, "dlr_test": test.result.dlr,

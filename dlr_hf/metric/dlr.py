@@ -17,7 +17,16 @@ from dlr_hf.errors import (
     TooFewSamplesError,
     UndefinedDLRError,
 )
-from dlr_hf.metric.moments import DTYPE, ClassMoments, StreamingMoments, SumFn
+from dlr_hf.metric.labels import LabelStatistics
+from dlr_hf.metric.moments import DTYPE, StreamingMoments
+from dlr_hf.metric.precision import (
+    MAX_MAGNITUDE,
+    PRECISIONS,
+    coarsest_eps,
+    coordinate_scale,
+    precision_slot,
+    rounding_floor,
+)
 from dlr_hf.metric.spectral import (
     FeatureSpectrum,
     capture_per_direction,
@@ -26,6 +35,7 @@ from dlr_hf.metric.spectral import (
     projected_scatter_from_head,
     projected_scatter_from_moments,
 )
+from dlr_hf.metric.state import MergeableState
 
 DEFAULT_RTOL = 1e-6
 MIN_RTOL = 1e-8
@@ -63,6 +73,8 @@ class DLRResult:
     accuracy: float | None = None
     num_labelled: int = 0
     class_counts: list[int] | None = None
+    labels_dropped: dict[str, int] | None = None
+    nc1_convention: str | None = None
     rtol: float = DEFAULT_RTOL
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -99,7 +111,7 @@ def _as_matrix(array: Any, name: str) -> torch.Tensor:
     return tensor
 
 
-class DLRAccumulator:
+class DLRAccumulator(MergeableState):
     """One pass over the data; memory independent of the number of samples.
 
     ``update(features, logits, labels)`` per batch, then ``compute()``. Partial accumulators (other
@@ -110,9 +122,9 @@ class DLRAccumulator:
             weight is passed to ``compute`` (then only the p×p feature scatter is kept — use this for
             language-model heads, whose C×C output scatter would not fit). Logits passed to
             ``update`` are still used for accuracy either way.
-        num_classes: number of label classes; required for ``all_reduce`` when labels are seen
-            but no logits are, otherwise taken from the logits' width.
-        rtol: relative singular-value tolerance of every numerical rank.
+        num_classes: number of label classes C; labels outside ``[0, C)`` are not used. Default:
+            the logits' width (2 for a single logit). Needed when labels come without logits.
+        rtol: relative singular-value tolerance of every numerical rank, in ``[MIN_RTOL, 1)``.
         device: where statistics live (default: the first batch's device).
         feature_dim, num_outputs: shape the statistics up front instead of from the first batch,
             so that a process that sees no batch can still take part in ``all_reduce``.
@@ -128,24 +140,85 @@ class DLRAccumulator:
         feature_dim: int | None = None,
         num_outputs: int | None = None,
     ) -> None:
+        super().__init__(device)
         self.track_outputs = track_outputs
-        self.num_classes = num_classes
-        self.rtol = rtol
-        self.device = torch.device(device) if device is not None else None
+        self.num_classes = _optional_count(num_classes, "num_classes")
+        self.rtol = validate_rtol(rtol)
         self.feature_dim: int | None = None
         self.num_outputs: int | None = None
+        # Rows seen per input precision (features, outputs): sets the rounding floors of compute().
+        self.add_state("feature_precision", torch.zeros(len(PRECISIONS)))
+        self.add_state("output_precision", torch.zeros(len(PRECISIONS)))
         self.moments: StreamingMoments | None = None  # of [Φ, Ŷ] (or Φ alone)
-        self.classes: ClassMoments | None = None
-        self.correct = torch.zeros((), dtype=DTYPE)
-        self.labelled = torch.zeros((), dtype=DTYPE)
+        self.labels: LabelStatistics | None = None
         if feature_dim is not None:
-            self._initialise(feature_dim, num_outputs)
+            self._initialise(_optional_count(feature_dim, "feature_dim"), _optional_count(num_outputs, "num_outputs"))
+
+    # -- shape ---------------------------------------------------------------------------------
+    def _initialise(self, feature_dim: int, num_outputs: int | None) -> None:
+        if self.track_outputs and num_outputs is None:
+            raise MissingOutputsError("an accumulator that tracks outputs needs num_outputs (or logits)")
+        self.feature_dim, self.num_outputs = feature_dim, num_outputs
+        self.feature_precision = self.feature_precision.to(self.device)
+        self.output_precision = self.output_precision.to(self.device)
+        width = feature_dim + num_outputs if self.track_outputs else feature_dim
+        self.add_child("moments", lambda: StreamingMoments(width, self.device))
+        self.child("moments")
+        classes = self.label_classes
+        if classes is not None:
+            self.add_child("labels", lambda: LabelStatistics(feature_dim, classes, self.device))
+
+    @property
+    def label_classes(self) -> int | None:
+        """C for label statistics: ``num_classes``, else the outputs' width (2 for one logit)."""
+        if self.num_classes is not None:
+            return self.num_classes
+        if self.num_outputs is not None:
+            return max(self.num_outputs, 2)
+        return None
+
+    def signature(self) -> dict[str, int]:
+        return {
+            "feature_dim": self.feature_dim or 0,
+            "num_outputs": self.num_outputs or 0,
+            "label_classes": self.label_classes or 0,
+            "track_outputs": int(self.track_outputs),
+        }
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "track_outputs": self.track_outputs,
+            "num_classes": self.num_classes,
+            "feature_dim": self.feature_dim,
+            "num_outputs": self.num_outputs,
+        }
+
+    def _apply_config(self, config: dict[str, Any]) -> None:
+        self.track_outputs = config["track_outputs"]
+        self.num_classes = config["num_classes"]
+        self.feature_dim = self.num_outputs = None
+        self._child_factories.clear()
+        self.moments = self.labels = None
+        if config["feature_dim"] is not None:
+            self._initialise(config["feature_dim"], config["num_outputs"])
+
+    def _adopt_shape(self, other: "DLRAccumulator") -> None:
+        if self.feature_dim is None and other.feature_dim is not None and self.track_outputs == other.track_outputs:
+            if self._device is None:
+                self._device = other.device
+            self.num_classes = self.num_classes if self.num_classes is not None else other.num_classes
+            self._initialise(other.feature_dim, other.num_outputs)
+
+    @property
+    def num_samples(self) -> int:
+        return 0 if self.moments is None else int(self.moments.count)
 
     # -- streaming -----------------------------------------------------------------------------
     def update(self, features: Any, logits: Any = None, labels: Any = None) -> None:
-        """Add a batch: features (n×p), logits (n×C or n) and integer labels (n; −100 = none).
+        """Add a batch: features (n×p), logits (n×C or n) and labels (n; class indices, <0 = none).
 
-        Raises NonFiniteError (and adds nothing) if any sample is NaN or infinite.
+        Raises NonFiniteError (and adds nothing) if any sample is NaN, infinite or too large for
+        float64 statistics.
         """
         features = _as_matrix(features, "features")
         n = features.shape[0]
@@ -159,134 +232,28 @@ class DLRAccumulator:
                 "this accumulator tracks outputs, so update() needs logits; create it with "
                 "track_outputs=False to stream features only and pass head_weight to compute()"
             )
-        self._check_finite(features, logits)
+        _check_values(features, logits)
         if self.moments is None:
-            self.device = self.device or features.device
+            if self._device is None:
+                self._device = features.device
             self._initialise(features.shape[1], None if logits is None else logits.shape[1])
         if features.shape[1] != self.feature_dim:
             raise ShapeMismatchError(f"features have dimension {features.shape[1]}, earlier batches {self.feature_dim}")
         if logits is not None and self.num_outputs is not None and logits.shape[1] != self.num_outputs:
             raise ShapeMismatchError(f"logits have {logits.shape[1]} columns, earlier batches {self.num_outputs}")
+        if labels is not None and self.label_classes is None:
+            raise InvalidArgumentError(
+                "labels were given without logits, so the number of classes is unknown; pass "
+                "num_classes= to DLRAccumulator (labels outside [0, num_classes) are not used)"
+            )
+        self.feature_precision[precision_slot(features.dtype)] += n
+        if logits is not None:
+            self.output_precision[precision_slot(logits.dtype)] += n
         features = features.to(self.device, DTYPE)
         rows = torch.cat([features, logits.to(self.device, DTYPE)], dim=1) if self.track_outputs else features
         self.moments.update(rows)
         if labels is not None:
-            labels = labels.to(self.device, torch.long)
-            self._update_labels(features, logits, labels)
-
-    def _check_finite(self, features: torch.Tensor, logits: torch.Tensor | None) -> None:
-        bad = ~torch.isfinite(features).all(dim=1)
-        if logits is not None:
-            bad |= ~torch.isfinite(logits).all(dim=1)
-        if bad.any():
-            raise NonFiniteError(
-                f"{int(bad.sum())} of {features.shape[0]} samples in this batch have non-finite "
-                "features or outputs (NaN/inf); the batch was not added. Check the model's precision "
-                "(try fp32) and its inputs."
-            )
-
-    def _initialise(self, feature_dim: int, num_outputs: int | None) -> None:
-        if self.track_outputs and num_outputs is None:
-            raise MissingOutputsError("an accumulator that tracks outputs needs num_outputs (or logits)")
-        self.device = self.device or torch.device("cpu")
-        self.feature_dim = feature_dim
-        self.num_outputs = num_outputs
-        width = feature_dim + num_outputs if self.track_outputs else feature_dim
-        self.moments = StreamingMoments(width, self.device)
-        self.correct = self.correct.to(self.device)
-        self.labelled = self.labelled.to(self.device)
-
-    def _update_labels(self, features: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor) -> None:
-        if self.classes is None:
-            self.classes = ClassMoments(self.feature_dim, self.num_classes or self.num_outputs or 0, self.device)
-        self.classes.update(features, labels)
-        if logits is not None and logits.shape[1] > 1:
-            valid = labels >= 0
-            predictions = logits.to(self.device).argmax(dim=1)
-            self.correct += (predictions[valid] == labels[valid]).sum().to(DTYPE)
-            self.labelled += valid.sum().to(DTYPE)
-
-    @property
-    def num_samples(self) -> int:
-        return 0 if self.moments is None else int(self.moments.count)
-
-    # -- combining -----------------------------------------------------------------------------
-    def merge(self, other: "DLRAccumulator") -> None:
-        """Pool another accumulator of the same shape into this one (exact to rounding)."""
-        if other.moments is None:
-            return
-        if self.moments is None:
-            self.load_state_dict(other.state_dict())
-            return
-        if (other.feature_dim, other.num_outputs) != (self.feature_dim, self.num_outputs):
-            raise ShapeMismatchError(
-                f"cannot merge (p={other.feature_dim}, C={other.num_outputs}) into "
-                f"(p={self.feature_dim}, C={self.num_outputs})"
-            )
-        self.moments.merge(other.moments)
-        if other.classes is not None:
-            if self.classes is None:
-                self.classes = ClassMoments(self.feature_dim, 0, self.device)
-            self.classes.merge(other.classes)
-        self.correct = self.correct + other.correct.to(self.device)
-        self.labelled = self.labelled + other.labelled.to(self.device)
-
-    def all_reduce(self, sum_fn: SumFn) -> None:
-        """Pool the accumulators of all processes; every process must call this (it is collective).
-
-        ``sum_fn`` sums a tensor over processes, e.g. ``lambda t: accelerator.reduce(t, "sum")``.
-        Every process must have seen at least one batch (shapes must agree everywhere).
-        """
-        if self.moments is None:
-            raise TooFewSamplesError(
-                "this process saw no samples, so its statistics have no shape; give every process "
-                "at least one batch (use fewer processes or more samples)"
-            )
-        self.moments.all_reduce(sum_fn)
-        has_classes = sum_fn(torch.tensor(float(self.classes is not None), dtype=DTYPE, device=self.device))
-        if has_classes > 0:
-            if self.classes is None:
-                self.classes = ClassMoments(self.feature_dim, self.num_classes or self.num_outputs or 0, self.device)
-            width = torch.tensor(float(self.classes.num_classes), dtype=DTYPE, device=self.device)
-            processes = sum_fn(torch.ones((), dtype=DTYPE, device=self.device))
-            if sum_fn(width) != width * processes:
-                raise ShapeMismatchError(
-                    "processes saw different numbers of label classes; pass num_classes= to DLRAccumulator"
-                )
-            self.classes.all_reduce(sum_fn)
-        self.correct = sum_fn(self.correct)
-        self.labelled = sum_fn(self.labelled)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume or ship the statistics (tensors plus plain metadata)."""
-        return {
-            "track_outputs": self.track_outputs,
-            "num_classes": self.num_classes,
-            "rtol": self.rtol,
-            "feature_dim": self.feature_dim,
-            "num_outputs": self.num_outputs,
-            "moments": None if self.moments is None else self.moments.state_dict(),
-            "classes": None if self.classes is None else self.classes.state_dict(),
-            "correct": self.correct,
-            "labelled": self.labelled,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.track_outputs = state["track_outputs"]
-        self.num_classes = state["num_classes"]
-        self.rtol = state["rtol"]
-        self.feature_dim = state["feature_dim"]
-        self.num_outputs = state["num_outputs"]
-        self.moments = self.classes = None
-        if state["moments"] is not None:
-            self.device = self.device or state["moments"]["mean"].device
-            self.moments = StreamingMoments(state["moments"]["mean"].shape[0], self.device)
-            self.moments.load_state_dict(state["moments"])
-        if state["classes"] is not None:
-            self.classes = ClassMoments(self.feature_dim, 0, self.device)
-            self.classes.load_state_dict(state["classes"])
-        self.correct = state["correct"].to(self.device, DTYPE)
-        self.labelled = state["labelled"].to(self.device, DTYPE)
+            self.child("labels").update(features, logits, labels)
 
     # -- the measure ---------------------------------------------------------------------------
     def compute(self, head_weight: Any = None) -> DLRResult:
@@ -297,105 +264,153 @@ class DLRAccumulator:
                 ``Φ W ᵀ + b`` and only the feature scatter is used (the streamed output moments,
                 if any, are ignored).
         """
-        n = self.num_samples
-        if n < 2:
-            raise TooFewSamplesError(f"D_LR needs at least 2 samples, got {n}")
-        p = self.feature_dim
-        scatter = self.moments.scatter
-        feature_scatter = scatter[:p, :p]
-        feature_norm = float(torch.linalg.matrix_norm(feature_scatter))
-        if feature_norm == 0.0:
-            raise UndefinedDLRError(
-                f"the features are identical for all {n} samples (zero scatter), so D_LR is undefined"
-            )
-        spectrum = FeatureSpectrum.of(feature_scatter, self.rtol)
-
+        spectrum = self._feature_spectrum()
         if head_weight is not None:
-            weight = _as_matrix(head_weight, "head_weight").to(self.device, DTYPE)
-            if weight.shape[1] != p:
-                raise ShapeMismatchError(f"head_weight has {weight.shape[1]} columns but features have dimension {p}")
-            num_outputs = weight.shape[0]
-            head_gram = weight.T @ weight
-            projected, rank = projected_scatter_from_head(spectrum, head_gram, self.rtol)
-            output_power = spectrum.eigenvalues * (spectrum.eigenvectors * (head_gram @ spectrum.eigenvectors)).sum(0)
+            function = self._function_from_head(spectrum, head_weight)
         elif self.track_outputs and self.num_outputs:
-            num_outputs = self.num_outputs
-            cross = scatter[:p, p:]
-            projected, rank = projected_scatter_from_moments(cross, scatter[p:, p:], self.rtol)
-            along = cross.T @ spectrum.eigenvectors  # S_ΦYᵀ v_k = λ_k W v_k for a linear head
-            output_power = torch.zeros_like(spectrum.eigenvalues)
-            k = spectrum.rank
-            output_power[:k] = (along[:, :k] ** 2).sum(0) / spectrum.eigenvalues[:k]
+            function = self._function_from_moments(spectrum)
         else:
             raise MissingOutputsError(
                 "no outputs were streamed; pass head_weight= (the final linear layer's weight) to compute()"
             )
-        if rank == 0:
-            raise UndefinedDLRError(
-                f"the outputs are identical for all {n} samples (rank 0), so the learned function spans "
-                "nothing and D_LR is undefined"
-            )
+        result = self._assemble(spectrum, function)
+        self._add_label_statistics(result, spectrum)
+        return result
 
-        cka = float(torch.trace(projected)) / (feature_norm * math.sqrt(rank))
+    def _feature_spectrum(self) -> FeatureSpectrum:
+        """Eigendecomposition of S, ranked above rtol and the inputs' rounding floor."""
+        n = self.num_samples
+        if n < 2:
+            raise TooFewSamplesError(f"D_LR needs at least 2 samples, got {n}")
+        p = self.feature_dim
+        scatter = self.moments.scatter[:p, :p]
+        _check_statistics(scatter, "feature")
+        scale = coordinate_scale(self.moments.mean[:p], scatter, n)
+        floor = rounding_floor(n, coarsest_eps(self.feature_precision), scale)
+        spectrum = FeatureSpectrum.of(scatter, self.rtol, floor)
+        if spectrum.rank == 0:
+            top = float(spectrum.eigenvalues[0]) / n
+            raise UndefinedDLRError(
+                f"the features are constant over all {n} samples up to rounding (largest variance "
+                f"{top:.3g}, below the floor {floor / n:.3g} that their precision and scale can resolve), "
+                "so D_LR is undefined; check that the tapped layer actually varies with the input"
+            )
+        return spectrum
+
+    def _function_from_head(self, spectrum: FeatureSpectrum, head_weight: Any) -> _LearnedFunction:
+        p = self.feature_dim
+        weight = _as_matrix(head_weight, "head_weight")
+        if weight.shape[1] != p:
+            raise ShapeMismatchError(f"head_weight has {weight.shape[1]} columns but features have dimension {p}")
+        weight = weight.to(self.device, DTYPE)
+        bad = int((~torch.isfinite(weight)).sum())
+        if bad:
+            raise NonFiniteError(
+                f"the head weight has {bad} non-finite entries (NaN/inf) of {weight.numel()}, so its outputs "
+                "are undefined; the model has diverged or its checkpoint is damaged"
+            )
+        head_gram = weight.T @ weight
+        n = self.num_samples
+        scale = coordinate_scale(self.moments.mean[:p], self.moments.scatter[:p, :p], n)
+        gain = math.sqrt(_largest_eigenvalue(head_gram))
+        floor = rounding_floor(n, coarsest_eps(self.feature_precision), scale, gain)
+        projected, rank = projected_scatter_from_head(spectrum, head_gram, self.rtol, floor)
+        k = spectrum.rank
+        v = spectrum.eigenvectors[:, :k]
+        output_power = torch.zeros_like(spectrum.eigenvalues)
+        output_power[:k] = spectrum.eigenvalues[:k] * (v * (head_gram @ v)).sum(0)
+        return _LearnedFunction(projected, rank, output_power, weight.shape[0])
+
+    def _function_from_moments(self, spectrum: FeatureSpectrum) -> _LearnedFunction:
+        p, n = self.feature_dim, self.num_samples
+        scatter = self.moments.scatter
+        cross, outputs = scatter[:p, p:], scatter[p:, p:]
+        _check_statistics(scatter, "output")
+        output_mean = self.moments.mean[p:]
+        scale = coordinate_scale(output_mean, outputs, n)
+        floor = rounding_floor(n, coarsest_eps(self.output_precision), scale)
+        projected, rank = projected_scatter_from_moments(cross, outputs, self.rtol, floor)
+        k = spectrum.rank
+        along = cross.T @ spectrum.eigenvectors[:, :k]  # S_ΦYᵀ v_k = λ_k W v_k for a linear head
+        output_power = torch.zeros_like(spectrum.eigenvalues)
+        output_power[:k] = (along**2).sum(0) / spectrum.eigenvalues[:k]
+        return _LearnedFunction(projected, rank, output_power, self.num_outputs)
+
+    def _assemble(self, spectrum: FeatureSpectrum, function: _LearnedFunction) -> DLRResult:
+        n, p = self.num_samples, self.feature_dim
+        if function.rank == 0:
+            raise UndefinedDLRError(
+                f"the outputs are constant over all {n} samples up to rounding (rank 0): the learned "
+                "function varies in no direction the features vary in, so D_LR is undefined"
+            )
+        feature_norm = float(torch.linalg.vector_norm(spectrum.eigenvalues))
+        cka = float(torch.trace(function.projected)) / (feature_norm * math.sqrt(function.rank))
+        if not math.isfinite(cka):
+            raise NonFiniteError("D_LR came out non-finite: the statistics overflowed; rescale the features")
         cka = min(max(cka, 0.0), 1.0)
         warnings: list[str] = []
-        degenerate = rank >= spectrum.rank
+        degenerate = function.rank >= spectrum.rank
         reason = None
         if degenerate:
             reason = (
-                f"the learned function's rank r={rank} reaches the feature rank {spectrum.rank} "
-                f"(p={p}, C={num_outputs}, n={n}): the output space covers the whole feature space, so "
+                f"the learned function's rank r={function.rank} reaches the feature rank {spectrum.rank} "
+                f"(p={p}, C={function.num_outputs}, n={n}): the output space covers the whole feature space, so "
                 "D_LR only measures how isotropic the feature spectrum is"
             )
             warnings.append("degenerate: " + reason)
-
-        result = DLRResult(
+        return DLRResult(
             dlr=1.0 - cka,
             cka=cka,
-            rank=rank,
+            rank=function.rank,
             feature_rank=spectrum.rank,
             num_samples=n,
             feature_dim=p,
-            num_outputs=num_outputs,
+            num_outputs=function.num_outputs,
             degenerate=degenerate,
             degenerate_reason=reason,
             warnings=warnings,
             spectrum=(spectrum.eigenvalues / n).tolist(),
-            utilisation=cumulative_share(output_power.clamp(min=0)).tolist(),
-            pi=capture_per_direction(spectrum, projected).tolist(),
+            utilisation=cumulative_share(function.output_power.clamp(min=0)).tolist(),
+            pi=capture_per_direction(spectrum, function.projected).tolist(),
             effective_rank=effective_rank(spectrum),
             rtol=self.rtol,
         )
-        self._add_label_statistics(result, spectrum)
-        return result
 
     def _add_label_statistics(self, result: DLRResult, spectrum: FeatureSpectrum) -> None:
-        if self.labelled > 0:
-            result.accuracy = float(self.correct / self.labelled)
-        if self.classes is None or self.classes.counts.sum() == 0:
+        """Accuracy, class counts, Q(k) and NC1 over the labelled rows only (SPEC §3–§4)."""
+        stats = self.labels
+        if stats is None:
             return
-        counts = self.classes.counts
-        present = counts > 0
-        result.class_counts = [int(c) for c in counts.tolist()]
-        result.num_labelled = int(counts.sum())
-        if int(result.num_labelled) != result.num_samples:
+        result.labels_dropped = stats.dropped_counts()
+        labelled = stats.num_labelled
+        result.num_labelled = labelled
+        dropped = result.labels_dropped
+        unusable = dropped["out_of_range"] + dropped["not_integer"]
+        if unusable:
             result.warnings.append(
-                f"labels were given for {result.num_labelled} of {result.num_samples} samples; "
-                "quality and NC1 use the labelled ones"
+                f"{unusable} labels were not used: {dropped['out_of_range']} outside [0, {stats.num_classes}) "
+                f"and {dropped['not_integer']} not integers (or NaN); label statistics use the "
+                f"{labelled} rows with a class label"
             )
-        mean = self.moments.mean[: result.feature_dim]
-        # S_ΦT = Φ_cᵀ T_c has column n_k (μ_k − μ); ‖T_c‖² = Σ_k n_k (1 − n_k/N) over the labelled N.
-        offsets = self.classes.means[present] - mean
-        weighted = counts[present][:, None] * offsets
-        labelled_total = counts.sum()
-        target_norm = float((counts * (1 - counts / labelled_total)).sum())
-        k = spectrum.rank
-        along = weighted @ spectrum.eigenvectors[:, :k]  # rows: classes, columns: directions
-        per_direction = torch.zeros_like(spectrum.eigenvalues)
-        per_direction[:k] = (along**2).sum(0) / spectrum.eigenvalues[:k]
-        if target_norm > 0:
-            result.quality = (per_direction.cumsum(0) / target_norm).clamp(max=1.0).tolist()
-        result.nc1 = _nc1(self.moments.scatter[: result.feature_dim, : result.feature_dim], counts[present], offsets, self.rtol)
+        if labelled != result.num_samples:
+            result.warnings.append(
+                f"labels were given for {labelled} of {result.num_samples} samples; accuracy, quality and "
+                "NC1 use the labelled ones only (D_LR uses all)"
+            )
+        if stats.scored > 0:
+            result.accuracy = float(stats.correct / stats.scored)
+        if labelled < 2:
+            return
+        counts = stats.classes.counts
+        result.class_counts = [int(c) for c in counts.tolist()]
+        present = counts > 0
+        moments = stats.features
+        offsets = stats.classes.means[present] - moments.mean  # μ_k − μ_L
+        if labelled != result.num_samples:
+            spectrum = self._labelled_spectrum(moments)
+        result.quality = _quality(spectrum, counts[present], offsets)
+        result.nc1 = _nc1(moments.scatter, counts[present], offsets, self.rtol)
+        result.nc1_convention = NC1_CONVENTION
         present_counts = counts[present]
         if present_counts.numel() > 1 and float(present_counts.max() / present_counts.min()) > IMBALANCE_RATIO:
             result.warnings.append(
@@ -404,21 +419,118 @@ class DLRAccumulator:
                 "orthogonal targets and is above 0 even for perfectly collapsed features"
             )
 
+    def _labelled_spectrum(self, moments: StreamingMoments) -> FeatureSpectrum:
+        """Eigenbasis of the labelled rows' scatter (a second eigh only when some rows are unlabelled)."""
+        scale = coordinate_scale(moments.mean, moments.scatter, float(moments.count))
+        floor = rounding_floor(float(moments.count), coarsest_eps(self.feature_precision), scale)
+        return FeatureSpectrum.of(moments.scatter, self.rtol, floor)
+
+
+NC1_CONVENTION = (
+    "Papyan et al.: tr(Σ_W Σ_B⁺)/K over the labelled samples (labels in [0, C)), K = classes present; "
+    "Σ_B centred at the class-count-weighted mean. The neural-collapse package (rhubarbwu) centres Σ_B "
+    "at the unweighted mean of the class means: the same for balanced classes."
+)
+
+
+@dataclass(frozen=True)
+class _LearnedFunction:
+    """The learned function as D_LR sees it: ``G = Φ_cᵀP_YΦ_c``, ``r``, and ``λ_k‖W v_k‖²`` per direction."""
+
+    projected: torch.Tensor
+    rank: int
+    output_power: torch.Tensor
+    num_outputs: int
+
+
+def _optional_count(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_values(features: torch.Tensor, logits: torch.Tensor | None) -> None:
+    """Non-finite or float64-overflowing rows: an error naming how many, and nothing added."""
+    rows = [features] if logits is None else [features, logits]
+    bad = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
+    huge = torch.zeros_like(bad)
+    for tensor in rows:
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            tensor = tensor.to(DTYPE)
+        bad |= ~torch.isfinite(tensor).all(dim=1).to(bad.device)
+        huge |= (tensor.abs() > MAX_MAGNITUDE).any(dim=1).to(bad.device)
+    if bad.any():
+        raise NonFiniteError(
+            f"{int(bad.sum())} of {features.shape[0]} samples in this batch have non-finite "
+            "features or outputs (NaN/inf); the batch was not added. Check the model's precision "
+            "(try fp32) and its inputs."
+        )
+    huge &= ~bad
+    if huge.any():
+        raise NonFiniteError(
+            f"{int(huge.sum())} of {features.shape[0]} samples in this batch have values above "
+            f"{MAX_MAGNITUDE:g} in magnitude, whose float64 second moments would overflow; the batch was "
+            "not added. Rescale the features (D_LR is scale-invariant)."
+        )
+
+
+def _check_statistics(scatter: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(scatter).all()):
+        raise NonFiniteError(
+            f"the streamed {what} statistics are not finite (float64 overflow); rescale the inputs "
+            "(D_LR is scale-invariant)"
+        )
+
+
+def _largest_eigenvalue(symmetric: torch.Tensor, steps: int = 32) -> float:
+    """λ_max of a PSD matrix by power iteration (for a noise gain; a lower bound, tight in practice)."""
+    vector = torch.ones(symmetric.shape[0], dtype=symmetric.dtype, device=symmetric.device)
+    value = 0.0
+    for _ in range(steps):
+        image = symmetric @ vector
+        norm = float(torch.linalg.vector_norm(image))
+        if norm == 0.0:
+            return float(torch.diagonal(symmetric).max().clamp(min=0))
+        value = norm / float(torch.linalg.vector_norm(vector))
+        vector = image / norm
+    return value
+
+
+def _quality(spectrum: FeatureSpectrum, counts: torch.Tensor, offsets: torch.Tensor) -> list[float] | None:
+    """Q(k): share of the centred one-hot targets explained by the top-k eigenfunctions.
+
+    ``S_ΦT = Φ_cᵀT_c`` has column ``n_k (μ_k − μ)``; ``‖T_c‖² = Σ_k n_k (1 − n_k/N)``.
+    """
+    total = counts.sum()
+    target_norm = float((counts * (1 - counts / total)).sum())
+    if target_norm <= 0:
+        return None
+    k = spectrum.rank
+    along = (counts[:, None] * offsets) @ spectrum.eigenvectors[:, :k]  # rows: classes, columns: directions
+    per_direction = torch.zeros_like(spectrum.eigenvalues)
+    per_direction[:k] = (along**2).sum(0) / spectrum.eigenvalues[:k]
+    return (per_direction.cumsum(0) / target_norm).clamp(max=1.0).tolist()
+
 
 def _nc1(scatter: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor, rtol: float) -> float | None:
-    """Papyan et al.'s NC1 ``tr(Σ_W Σ_B⁺)/K`` from the total scatter and per-class means.
+    """Papyan et al.'s NC1 ``tr(Σ_W Σ_B⁺)/K`` from the labelled rows' scatter and class means.
 
-    Uses the total scatter over all samples (unlabelled ones included, as the streaming layout
-    allows); with every sample labelled this is exact.
+    Worked in the K-dimensional span of the class-mean offsets O (K×p): with ``O = U Σ Vᵀ``,
+    ``Σ_B = OᵀO/K`` gives ``tr(Σ_W Σ_B⁺)/K = Σ_i v_iᵀ Σ_W v_i / σ_i²`` — no p×p pseudo-inverse.
     """
     num_classes = counts.numel()
     if num_classes < 2:
         return None
-    total = counts.sum()
-    between_scatter = offsets.T @ (counts[:, None] * offsets)
-    within = (scatter - between_scatter) / total
-    between = offsets.T @ offsets / num_classes
-    nc1 = float(torch.trace(within @ torch.linalg.pinv(between, rtol=rtol**2, hermitian=True)) / num_classes)
+    _, singular, right = torch.linalg.svd(offsets, full_matrices=False)
+    keep = singular > rtol * singular.max() if singular.numel() and singular.max() > 0 else singular > 0
+    if not bool(keep.any()):
+        return None
+    basis, singular = right[keep].T, singular[keep]  # p×k, k
+    # Σ_W v = (S v − Oᵀ diag(n) O v) / N
+    within = (scatter @ basis - offsets.T @ (counts[:, None] * (offsets @ basis))) / counts.sum()
+    nc1 = float(((basis * within).sum(0) / singular**2).sum())
     return max(nc1, 0.0)  # a trace of PSD products: negative only by rounding (exact collapse)
 
 

@@ -27,45 +27,53 @@ class FeatureSpectrum:
     rank: int
 
     @classmethod
-    def of(cls, scatter: torch.Tensor, rtol: float) -> "FeatureSpectrum":
+    def of(cls, scatter: torch.Tensor, rtol: float, floor: float = 0.0) -> "FeatureSpectrum":
+        """Eigendecompose ``scatter``; its rank counts eigenvalues above ``rtol²·λ_max`` and ``floor``."""
         eigenvalues, eigenvectors = torch.linalg.eigh(scatter)
         eigenvalues = eigenvalues.flip(0).clamp(min=0)
         eigenvectors = eigenvectors.flip(1)
-        return cls(eigenvalues, eigenvectors, numerical_rank(eigenvalues, rtol))
+        return cls(eigenvalues, eigenvectors, numerical_rank(eigenvalues, rtol, floor))
 
 
-def numerical_rank(squared_singular_values: torch.Tensor, rtol: float) -> int:
-    """Rank with singular values ``σ > rtol·σ_max``, given ``σ²`` (eigenvalues of a Gram matrix)."""
+def numerical_rank(squared_singular_values: torch.Tensor, rtol: float, floor: float = 0.0) -> int:
+    """Rank with singular values ``σ > rtol·σ_max`` and ``σ² > floor``, given ``σ²`` (Gram eigenvalues).
+
+    ``floor`` is absolute (rounding noise of the inputs, see ``precision.rounding_floor``): without
+    it, a matrix that is zero up to rounding has full relative rank.
+    """
     top = squared_singular_values.max() if squared_singular_values.numel() else 0.0
     if top <= 0:
         return 0
-    return int((squared_singular_values > (rtol**2) * top).sum())
+    return int((squared_singular_values > max((rtol**2) * float(top), floor)).sum())
 
 
 def projected_scatter_from_moments(
-    feature_output_scatter: torch.Tensor, output_scatter: torch.Tensor, rtol: float
+    feature_output_scatter: torch.Tensor, output_scatter: torch.Tensor, rtol: float, floor: float = 0.0
 ) -> tuple[torch.Tensor, int]:
-    """``G = S_ΦY S_YY⁺ S_ΦYᵀ`` and ``r = rank(Y_c)``, the pseudo-inverse cut at ``rtol``."""
+    """``G = S_ΦY S_YY⁺ S_ΦYᵀ`` and ``r = rank(Y_c)``, the pseudo-inverse cut at ``rtol`` and ``floor``."""
     values, vectors = torch.linalg.eigh(output_scatter)
-    rank = numerical_rank(values.clamp(min=0), rtol)
+    rank = numerical_rank(values.clamp(min=0), rtol, floor)
     kept = values.argsort(descending=True)[:rank]
     whitened = feature_output_scatter @ (vectors[:, kept] / values[kept].sqrt())
     return whitened @ whitened.T, rank
 
 
 def projected_scatter_from_head(
-    spectrum: FeatureSpectrum, head_gram: torch.Tensor, rtol: float
+    spectrum: FeatureSpectrum, head_gram: torch.Tensor, rtol: float, floor: float = 0.0
 ) -> tuple[torch.Tensor, int]:
     """``G`` and ``r`` for ``Y_c = Φ_c Wᵀ`` from ``S`` and ``WᵀW`` only.
 
     With ``Φ_c = A Λ^½ Vᵀ`` (A orthonormal), ``Y_c = A M`` with ``M = Λ^½ VᵀWᵀ``, so ``P_Y = A P_M Aᵀ``,
-    ``r = rank(M)`` and ``G = V Λ^½ P_M Λ^½ Vᵀ``; ``M Mᵀ = Λ^½ (VᵀWᵀWV) Λ^½`` is p×p.
+    ``r = rank(M)`` and ``G = V Λ^½ P_M Λ^½ Vᵀ``; ``M Mᵀ = Λ^½ (VᵀWᵀWV) Λ^½``. Only the feature
+    rank's directions are kept: the others carry rounding noise, which a head reading them would
+    otherwise turn into rank.
     """
-    root = spectrum.eigenvalues.sqrt()
-    v = spectrum.eigenvectors
+    k = spectrum.rank
+    root = spectrum.eigenvalues[:k].sqrt()
+    v = spectrum.eigenvectors[:, :k]
     output_gram = root[:, None] * (v.T @ head_gram @ v) * root[None, :]
     values, vectors = torch.linalg.eigh(output_gram)
-    rank = numerical_rank(values.clamp(min=0), rtol)
+    rank = numerical_rank(values.clamp(min=0), rtol, floor)
     kept = vectors[:, values.argsort(descending=True)[:rank]]
     basis = v @ (root[:, None] * kept)  # V Λ^½ P_M-basis
     return basis @ basis.T, rank

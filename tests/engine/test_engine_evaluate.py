@@ -15,7 +15,9 @@ from dlr_hf.engine import SCHEMA, EvaluationReport, evaluate
 from dlr_hf.engine.data import subsample_indices
 from dlr_hf.metric import compute_dlr
 
-TOL = 1e-10
+# The engine's head-weight path drops feature directions below the float32 rounding floor, which
+# the streamed-logits reference keeps: they may move D_LR by ~1e-9, far below any reading.
+TOL = 1e-8
 
 
 @pytest.fixture(scope="module")

@@ -52,3 +52,14 @@ def nc1(phi: np.ndarray, labels: np.ndarray) -> float:
     within /= phi.shape[0]
     between /= len(classes)
     return float(np.trace(within @ np.linalg.pinv(between, rcond=1e-12, hermitian=True)) / len(classes))
+
+
+def quality(phi: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Q(k) = Σ_{i≤k} ‖T_cᵀ e_i‖² / ‖T_c‖²_F with the n×n eigenfunctions e_i of Φ_c (SPEC §3)."""
+    rho, vectors = eigen(phi)
+    keep = rho > 1e-12 * rho.max()
+    eigenfunctions = centre(phi) @ vectors[:, keep] / np.sqrt(phi.shape[0] * rho[keep])
+    targets = one_hot_centred(labels, num_classes)
+    per_direction = np.zeros_like(rho)
+    per_direction[keep] = np.sum((targets.T @ eigenfunctions) ** 2, axis=0)
+    return np.cumsum(per_direction) / np.sum(targets**2)
