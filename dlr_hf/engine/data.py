@@ -7,14 +7,15 @@ is never tokenised or decoded as a whole.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import datasets
 import numpy as np
 import torch
 
+from dlr_hf.engine.settings import require_existing
 from dlr_hf.errors import DatasetLoadError, InputColumnError, ModalityMismatchError
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "question", "prompt", "tweet")
@@ -93,6 +94,7 @@ def _load(
     name: str, config: str | None, revision: str | None, split: str | None = None
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Any dataset source; every failure inside ``datasets`` becomes one DatasetLoadError line."""
+    require_existing(name, "dataset path", DatasetLoadError)
     path = Path(name).expanduser()
 
     def read(only_split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
@@ -150,6 +152,8 @@ class ColumnPlan:
     inputs: tuple[str, ...]
     labels: str | None
     kind: str  # text, text_pair, words, token_ids, image, audio
+    label_names: dict[str, int] | None = None  # string labels (lower-cased) → class ids, from config.label2id
+    warnings: tuple[str, ...] = ()  # for the report: e.g. string labels the model does not know, skipped
 
 
 def _is_string(feature: Any) -> bool:
@@ -176,8 +180,78 @@ def detect_columns(
     modality: str,
     input_columns: tuple[str, ...] | list[str] | None = None,
     label_column: str | None = None,
+    label2id: Mapping[str, int] | None = None,
 ) -> ColumnPlan:
-    """Find the model's inputs (text, text pairs, words, token ids, images, audio) and the labels."""
+    """Find the model's inputs (text, text pairs, words, token ids, images, audio) and the labels.
+
+    Labels are class ids, or strings that name the model's classes (``label2id``, any case). A
+    label column named by the user that is neither is an error; a detected one is skipped with a
+    warning, because D_LR itself never needs labels.
+    """
+    plan = _plan_inputs(dataset, modality, input_columns, label_column)
+    if plan.labels is None and label_column is None:
+        features = dataset.features
+        named = next((c for c in LABEL_COLUMNS if c in features and c not in plan.inputs and _holds_strings(features[c])), None)
+        plan = replace(plan, labels=named)
+    return _resolve_labels(dataset, plan, explicit=label_column is not None, label2id=label2id)
+
+
+def _holds_strings(feature: Any) -> bool:
+    return _is_string(feature) or _is_word_list(feature)
+
+
+def _resolve_labels(
+    dataset: datasets.Dataset, plan: ColumnPlan, *, explicit: bool, label2id: Mapping[str, int] | None
+) -> ColumnPlan:
+    """Keep class-id labels, map class names through ``label2id``, refuse or skip anything else."""
+    column = plan.labels
+    if column is None or _is_class_ids(dataset.features[column]):
+        return plan
+    advice = "labels must be class ids or the model's class names; name another --label-column (label_column=) or leave it out"
+    if column in plan.inputs:
+        raise InputColumnError(f"column {column!r} is the model's input, so it cannot also be the labels; {advice}")
+    feature = dataset.features[column]
+    if not _holds_strings(feature):
+        raise InputColumnError(f"label column {column!r} holds {type(feature).__name__} values, not class ids; {advice}")
+    names = _label_names(dataset, column, label2id)
+    if names is not None:
+        return replace(plan, label_names=names)
+    known = ", ".join(list(label2id or {})[:8]) + (", …" if len(label2id or {}) > 8 else "")
+    reason = f"label column {column!r} holds strings that are not the model's class names " + (
+        f"(config.label2id: {known})" if label2id else "(the model's config has no label2id)"
+    )
+    if explicit:
+        raise InputColumnError(f"{reason}; {advice}")
+    return replace(plan, labels=None, warnings=(*plan.warnings, f"{reason}: labels not used, so accuracy, NC1 and Q(k) are skipped"))
+
+
+def _label_names(dataset: datasets.Dataset, column: str, label2id: Mapping[str, int] | None) -> dict[str, int] | None:
+    """Lower-cased class name → id for every string of ``column``, or None when one is not a class of the model."""
+    if not label2id:
+        return None
+    lookup = {str(name).lower(): int(index) for name, index in label2id.items()}
+    values = dataset.unique(column) if _is_string(dataset.features[column]) else {v for row in dataset[column] for v in row}
+    wanted = {str(value).lower() for value in values if value is not None}
+    if not wanted or not wanted <= lookup.keys():
+        return None
+    return {name: lookup[name] for name in wanted}
+
+
+def _class_ids(values: list[Any], names: dict[str, int]) -> list[Any]:
+    """String labels → class ids (−100, "unlabelled", for a missing one), per example or per position."""
+    def one(value: Any) -> int:
+        return -100 if value is None else names.get(str(value).lower(), -100)
+
+    return [[one(v) for v in value] if isinstance(value, (list, tuple)) else one(value) for value in values]
+
+
+def _plan_inputs(
+    dataset: datasets.Dataset,
+    modality: str,
+    input_columns: tuple[str, ...] | list[str] | None,
+    label_column: str | None,
+) -> ColumnPlan:
+    """The input columns and kind; labels here are the named column or a detected class-id column."""
     features = dataset.features
     for column in list(input_columns or []) + ([label_column] if label_column else []):
         if column not in features:
@@ -206,7 +280,7 @@ def detect_columns(
         if first in features and second in features and _is_string(features[first]) and _is_string(features[second]):
             return ColumnPlan((first, second), labels, "text_pair")
     column = next((c for c in TEXT_COLUMNS if c in features and _is_string(features[c])), None)
-    column = column or next((c for c in features if _is_string(features[c]) and c != labels), None)
+    column = column or next((c for c in features if _is_string(features[c]) and c != labels and c not in LABEL_COLUMNS), None)
     if column is None:
         _raise_mismatch(features, modality)
     return ColumnPlan((column,), labels, "text")
@@ -290,6 +364,8 @@ def make_collate(
     def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         columns = [[row[c] for row in rows] for c in plan.inputs]
         label_values = [row[plan.labels] for row in rows] if plan.labels else None
+        if label_values is not None and plan.label_names is not None:
+            label_values = _class_ids(label_values, plan.label_names)
         batch: dict[str, Any]
         if plan.kind == "image":
             batch = dict(processor(images=[_rgb(image) for image in columns[0]], return_tensors="pt"))

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Subset
 from dlr_hf.engine.data import ColumnPlan, detect_columns, load_data, make_collate, subsample_indices
 from dlr_hf.engine.loading import load_model
 from dlr_hf.engine.report import EvaluationReport
+from dlr_hf.engine.settings import validate_settings
 from dlr_hf.engine.stream import input_device, make_accelerator, pool_across_processes, stream_statistics
-from dlr_hf.errors import TooFewSamplesError
+from dlr_hf.errors import HeadNotFoundError, TooFewSamplesError
 from dlr_hf.metric import DEFAULT_RTOL, LinearCKAAccumulator, parameter_change, parameter_norm, parameter_snapshot
 from dlr_hf.models import FeatureTap, HeadInfo, locate_head, read_head_weight
 
@@ -64,9 +65,9 @@ def find_head(model: nn.Module, loader: DataLoader, device: torch.device) -> Hea
 class _InitialFeatures:
     """Streams linear CKA between the reference (initial) model's head input and the current one's."""
 
-    def __init__(self, reference: nn.Module, head: HeadInfo, layer: str | None) -> None:
+    def __init__(self, reference: nn.Module, head: HeadInfo, layer: str | None, names: tuple[str, str]) -> None:
         self.reference = reference
-        self.head = locate_like(reference, head)
+        self.head = locate_like(reference, head, names)
         self.layer = layer
         self.cka = LinearCKAAccumulator()
 
@@ -76,9 +77,25 @@ class _InitialFeatures:
         self.cka.update(reference.features, samples.features)
 
 
-def locate_like(model: nn.Module, head: HeadInfo) -> HeadInfo:
-    """The same head (same module path) in another copy of the architecture."""
-    return replace(head, module=model.get_submodule(head.module_path))
+def locate_like(model: nn.Module, head: HeadInfo, names: tuple[str, str] = ("the model", "the reference")) -> HeadInfo:
+    """The same head (same module path, same weight shape) in another copy of the architecture.
+
+    ``names`` (measured model, reference) go into the HeadNotFoundError when the reference differs.
+    """
+    try:
+        module = model.get_submodule(head.module_path)
+    except AttributeError:
+        module = None
+    shape = tuple(getattr(head.module, "weight", torch.empty(0)).shape)
+    found = tuple(getattr(module, "weight", torch.empty(0)).shape) if module is not None else None
+    if found != shape:
+        what = "no such module" if module is None else f"a {type(module).__name__} with weight shape {found}"
+        raise HeadNotFoundError(
+            f"the reference {names[1]} has no head matching {names[0]}'s: {names[0]} reads its logits from "
+            f"{head.module_path!r} (weight shape {shape}), the reference has {what} there; pass the initial "
+            "checkpoint of the same architecture and number of classes"
+        )
+    return replace(head, module=module)
 
 
 def evaluate(
@@ -124,6 +141,9 @@ def evaluate(
     Every process of an ``accelerate launch`` must call this (the reduction is collective);
     all of them return the same report.
     """
+    validate_settings(
+        num_samples=num_samples, batch_size=batch_size, seed=seed, max_length=max_length, precision=precision, rtol=rtol
+    )
     started = time.perf_counter()
     timings: dict[str, float] = {}
     accelerator = accelerator or make_accelerator(precision)
@@ -144,7 +164,8 @@ def evaluate(
 
     mark = time.perf_counter()
     data = load_data(dataset, config=dataset_config, split=split, revision=dataset_revision)
-    plan = detect_columns(data.dataset, loaded.modality, input_columns, label_column)
+    label2id = getattr(getattr(net, "config", None), "label2id", None)
+    plan = detect_columns(data.dataset, loaded.modality, input_columns, label_column, label2id=label2id)
     loader = build_batches(
         data.dataset, plan, loaded.processor, loaded.modality, net,
         num_samples=num_samples, seed=seed, batch_size=batch_size, max_length=max_length,
@@ -168,11 +189,13 @@ def evaluate(
     reference = None
     consumers = ()
     if reference_model is not None:
-        reference = load_model(
+        reference_loaded = load_model(
             reference_model, precision=precision, trust_remote_code=trust_remote_code, safetensors_only=safetensors_only
-        ).model
+        )
+        reference = reference_loaded.model
         reference.to(device)
-        consumers = (_InitialFeatures(reference, head, layer),)
+        names = (str(loaded.source["id"]), str(reference_loaded.source["id"]))
+        consumers = (_InitialFeatures(reference, head, layer, names),)
     accumulator = stream_statistics(
         net, shard, head, accelerator,
         layer=layer, num_classes=head.num_outputs, rtol=rtol, progress=progress,
@@ -225,6 +248,6 @@ def evaluate(
             "device_map": device_map if isinstance(device_map, (str, type(None))) else "custom",
         },
         timings=timings,
-        warnings=loaded.warnings + result.warnings,
+        warnings=loaded.warnings + list(plan.warnings) + result.warnings,
     )
 

@@ -12,6 +12,7 @@ import transformers
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
+from dlr_hf.engine.settings import require_existing, validate_precision
 from dlr_hf.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,39 @@ def load_processor(name_or_path: str, modality: str, revision: str | None, trust
     return auto.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
 
 
+def _first_sentence(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.split(". ")[0]
+
+
+def _damaged_weights(folder: Path) -> tuple[Path, str] | None:
+    """The first weights file of ``folder`` that cannot be opened, and why (truncated, not a weights file)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own SafetensorError (an Exception)
+            return path, _first_sentence(error)
+    for path in sorted([*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")]):
+        if path.name == "training_args.bin":
+            continue
+        try:
+            torch.load(path, map_location="meta", weights_only=True)
+        except Exception as error:
+            return path, _first_sentence(error)
+    return None
+
+
+def _weights_folder(name: str, revision: str | None, is_local: bool) -> Path | None:
+    """Where the weights files of a local folder or a cached Hub snapshot lie."""
+    if is_local:
+        return Path(name).expanduser()
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
 def load_model(
     model: str | Path | nn.Module,
     *,
@@ -96,11 +130,12 @@ def load_model(
 ) -> LoadedModel:
     """Load ``model`` (Hub id, local folder, or an in-memory module) in eval mode.
 
-    Hub weights are read as safetensors when the repo has them (``safetensors_only`` refuses
-    anything else); remote code runs only with ``trust_remote_code``.
+    Hub weights are read as safetensors when the repo has them; ``safetensors_only`` refuses a Hub
+    checkpoint that ships only pickle weights (which can run code when loaded). Local folders are
+    the user's own: their pickle weights load with ``weights_only``. Remote code runs only with
+    ``trust_remote_code``.
     """
-    if precision not in PRECISIONS:
-        raise ModelLoadError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    precision = validate_precision(precision)
     warnings: list[str] = []
     if isinstance(model, nn.Module):
         name = getattr(model, "name_or_path", "") or type(model).__name__
@@ -108,7 +143,9 @@ def load_model(
         loaded = model
     else:
         name = str(model)
+        require_existing(name, "model folder", ModelLoadError)
         is_local = Path(name).expanduser().is_dir()
+        where = f"folder {name}" if is_local else f"Hub model {name!r}" + (f" at revision {revision!r}" if revision else "")
         try:
             config = transformers.AutoConfig.from_pretrained(
                 name, revision=revision, trust_remote_code=trust_remote_code
@@ -120,16 +157,20 @@ def load_model(
                 dtype=PRECISIONS[precision],
                 device_map=device_map,
                 trust_remote_code=trust_remote_code,
-                use_safetensors=True if safetensors_only else None,
+                use_safetensors=True if safetensors_only and not is_local else None,
             )
         except ModelLoadError:
             raise
-        except (OSError, ValueError, KeyError) as error:
-            where = f"folder {name}" if is_local else f"Hub model {name!r}" + (f" at revision {revision!r}" if revision else "")
-            raise ModelLoadError(
-                f"could not load the {where}: {str(error).splitlines()[0]} — check the id and revision "
-                "(offline, the model must already be in the Hugging Face cache)"
-            ) from error
+        except OSError as error:
+            if safetensors_only and not is_local and "safetensors" in str(error):
+                raise ModelLoadError(
+                    f"the {where} has no safetensors weights, only pickle files, which can run code when "
+                    "loaded; refused. If you trust the repository, allow it with --allow-pickle "
+                    "(API: safetensors_only=False)"
+                ) from error
+            raise _load_error(where, name, revision, is_local, error) from error
+        except Exception as error:  # safetensors' SafetensorError, torch's RuntimeError on a damaged file, …
+            raise _load_error(where, name, revision, is_local, error) from error
         source = {
             "id": name,
             "revision": revision,
@@ -147,3 +188,21 @@ def load_model(
             warnings.append(f"no {modality} preprocessor found for {location} ({str(error).splitlines()[0]})")
     source["dtype"] = str(next(loaded.parameters()).dtype).replace("torch.", "")
     return LoadedModel(loaded, processor, modality, source, warnings)
+
+
+def _load_error(where: str, name: str, revision: str | None, is_local: bool, error: BaseException) -> ModelLoadError:
+    """One line saying why loading failed: a damaged weights file by name, else the library's first line."""
+    folder = _weights_folder(name, revision, is_local)
+    damaged = _damaged_weights(folder) if folder is not None and folder.is_dir() else None
+    if damaged is not None:
+        path, reason = damaged
+        return ModelLoadError(
+            f"the weights file {path} of the {where} is damaged (truncated or not a weights file: {reason}); "
+            "save or download the checkpoint again"
+        )
+    if not isinstance(error, (OSError, ValueError, KeyError)):
+        return ModelLoadError(f"could not load the {where}: {type(error).__name__}: {_first_sentence(error)}")
+    return ModelLoadError(
+        f"could not load the {where}: {str(error).splitlines()[0]} — check the id and revision "
+        "(offline, the model must already be in the Hugging Face cache)"
+    )

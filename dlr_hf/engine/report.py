@@ -25,11 +25,14 @@ Top-level keys:
 from __future__ import annotations
 
 import json
+import os
 import platform
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
+from dlr_hf.errors import InvalidArgumentError
 from dlr_hf.metric import DLRResult
 
 SCHEMA = "dlr-hf/report/v1"
@@ -94,7 +97,7 @@ class EvaluationReport:
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=True)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            write_atomic(path, text + "\n")
         return text
 
     @classmethod
@@ -129,6 +132,60 @@ class EvaluationReport:
             lines.append("also     " + ", ".join(extras))
         lines += [f"warning  {warning}" for warning in self.warnings]
         return "\n".join(lines)
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """Fail before a run, not after it: ``path`` must be a file that can be created or replaced.
+
+    Probes with a real temporary file in the nearest existing folder (``os.access`` says yes to
+    root even on a read-only file system); creates no folder.
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise InvalidArgumentError(f"{what} {target} is a folder; give a file name such as {target / 'report.json'}")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InvalidArgumentError(f"cannot create the folder of {what} {target}: {folder} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"cannot write {what} {target}: {folder} is not writable ({error.strerror or error}); choose another path"
+        ) from error
+    return target
+
+
+def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], None]) -> Path:
+    """Write a file whole or not at all: a temporary file in the same folder, then ``os.replace``.
+
+    ``content`` is text, bytes, or a function writing to a binary stream (e.g. ``figure.savefig``).
+    A failure leaves any earlier file at ``path`` untouched and no temporary file behind.
+    """
+    target = Path(path).expanduser()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise InvalidArgumentError(f"cannot write {target}: {error.strerror or error}") from error
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            if callable(content):
+                content(stream)
+            else:
+                stream.write(content.encode() if isinstance(content, str) else content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, target.stat().st_mode & 0o777 if target.exists() else 0o644)
+        os.replace(temporary, target)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise InvalidArgumentError(f"cannot write {target}: {error.strerror or error}") from error
+        raise
+    return target
 
 
 def reading(dlr: float) -> str:

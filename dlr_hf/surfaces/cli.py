@@ -13,13 +13,43 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
-from dlr_hf.errors import DLRError
+from dlr_hf.engine.settings import require_existing, validate_batch_size, validate_num_samples, validate_seed
+from dlr_hf.errors import DLRError, InvalidArgumentError
+from dlr_hf.metric import DEFAULT_RTOL, validate_rtol
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as the CLI's one error line (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidArgumentError(f"{message} (see {self.prog} --help)")
+
+
+def _checked(validate: Callable[[Any], Any], parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse ``type=``: parse the text, then the engine's own check (one message on every surface)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+        try:
+            return validate(value)
+        except InvalidArgumentError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = validate.__name__
+    return convert
+
+
+def _count_or_all(text: str) -> int | None:
+    return None if text.strip().lower() == "all" else int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlr-hf", description="D_LR: how rich (0) or lazy (1) a network's learning was.")
+    parser = _Parser(prog="dlr-hf", description="D_LR: how rich (0) or lazy (1) a network's learning was.")
     commands = parser.add_subparsers(dest="command", required=True)
     ev = commands.add_parser("evaluate", help="measure D_LR of one or more checkpoints on a dataset")
     ev.add_argument("models", nargs="*", metavar="MODEL", help="Hub id (ORG/NAME) or local folder; none = the built-in demo")
@@ -28,25 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="split (default: test, else validation, else train)")
     ev.add_argument("--revision", help="model revision (branch, tag or commit)")
     ev.add_argument("--dataset-revision", help="dataset revision")
-    ev.add_argument("--num-samples", type=int, default=1000, help="examples drawn from the split (default 1000; 0 = all)")
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--seed", type=int, default=0, help="seed of the example subsample")
+    ev.add_argument("--num-samples", type=_checked(validate_num_samples, _count_or_all), default=1000,
+                    help="examples drawn from the split: a number ≥ 1 (default 1000) or 'all'")
+    ev.add_argument("--batch-size", type=_checked(validate_batch_size), default=32)
+    ev.add_argument("--seed", type=_checked(validate_seed), default=0, help="seed of the example subsample (0 … 2**32-1)")
     ev.add_argument("--layer", help="layer-wise D_LR: module path of any nn.Linear (its input are the features)")
     ev.add_argument("--input-column", action="append", dest="input_columns", help="input column (twice for text pairs)")
     ev.add_argument("--label-column", help="label column (default: detected)")
     ev.add_argument("--reference", help="initial checkpoint, for S_init and the parameter change")
     ev.add_argument("--device-map", choices=["auto"], help="spread a model larger than one device (single process)")
     ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    ev.add_argument("--rtol", type=float, default=1e-6, help="relative singular-value tolerance of ranks")
+    ev.add_argument("--rtol", type=_checked(validate_rtol, float), default=DEFAULT_RTOL,
+                    help="relative singular-value tolerance of ranks, in [1e-8, 1) (default 1e-6)")
     ev.add_argument("--output", type=Path, help="write the JSON report here")
     ev.add_argument("--plot", type=Path, help="write a PNG of the spectrum, U(k), Q(k) and π_k here")
     ev.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub (review it first)")
+    ev.add_argument("--allow-pickle", action="store_true",
+                    help="load Hub checkpoints that ship only pickle weights (pickle can run code; local folders always load)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str]], str]:
     """(label, model) pairs and the dataset; the demo fills in what was left out."""
+    for what, name in [*(("model folder", model) for model in args.models), ("dataset path", args.dataset),
+                       ("reference folder", args.reference)]:
+        if name:
+            require_existing(name, what)
     if args.models:
         if not args.dataset:
             raise DLRError("--dataset is required when a MODEL is given (e.g. --dataset stanfordnlp/imdb)")
@@ -58,12 +96,32 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str]], str]:
     return [("demo rich", str(demo["rich"])), ("demo lazy", str(demo["lazy"]))], args.dataset or str(demo["data"])
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--output and --plot must be writable (and the plot's format known) before minutes of measuring."""
+    from dlr_hf.engine.report import check_writable
+
+    if args.output:
+        check_writable(args.output, "--output")
+    if args.plot:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if args.plot.suffix.lower().lstrip(".") not in formats:
+            raise InvalidArgumentError(
+                f"--plot {args.plot}: unknown image format {args.plot.suffix or '(none)'}; end the name with one of "
+                + ", ".join(f".{name}" for name in sorted(formats))
+            )
+        check_writable(args.plot, "--plot")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from dlr_hf.engine import evaluate
+    from dlr_hf.engine.report import write_atomic
     from dlr_hf.engine.stream import make_accelerator
 
-    accelerator = make_accelerator(args.precision)
+    _check_outputs(args)
     targets, dataset = _targets(args)
+    accelerator = make_accelerator(args.precision)
     reports = []
     for label, model in targets:
         report = evaluate(
@@ -75,13 +133,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             dataset_revision=args.dataset_revision,
             input_columns=args.input_columns,
             label_column=args.label_column,
-            num_samples=args.num_samples or None,
+            num_samples=args.num_samples,
             batch_size=args.batch_size,
             seed=args.seed,
             layer=args.layer,
             precision=args.precision,
             device_map=args.device_map,
             trust_remote_code=args.trust_remote_code,
+            safetensors_only=not args.allow_pickle,
             reference_model=args.reference,
             rtol=args.rtol,
             accelerator=accelerator,
@@ -94,15 +153,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 0
     if args.output:
         documents = [report.to_dict() for _, report in reports]
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n")
+        write_atomic(args.output, json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n")
         print(f"report written to {args.output}")
     if args.plot:
         from dlr_hf.surfaces.plots import visualisation_figure
 
         figure = visualisation_figure([r.result for _, r in reports], [label for label, _ in reports])
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(args.plot, dpi=110)
+        file_format = args.plot.suffix.lower().lstrip(".")
+        write_atomic(args.plot, lambda stream: figure.savefig(stream, format=file_format, dpi=110))
         print(f"plot written to {args.plot}")
     return 0
 
@@ -110,9 +168,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
     try:
-        return run_evaluate(args)
+        return run_evaluate(build_parser().parse_args(argv))
     except DLRError as error:
         print(f"dlr-hf: error: {error}", file=sys.stderr)
         return 2

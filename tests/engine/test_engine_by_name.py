@@ -19,7 +19,7 @@ from dlr_hf.errors import DatasetLoadError, ModelLoadError
 def test_cli_loads_model_and_dataset_by_name(hub, tmp_path, tokenizer):
     output = tmp_path / "report.json"
     done = eh.run_cli(
-        ["evaluate", hub.model_id, "--dataset", hub.dataset_id, "--num-samples", "0", "--batch-size", "8",
+        ["evaluate", hub.model_id, "--dataset", hub.dataset_id, "--num-samples", "all", "--batch-size", "8",
          "--output", str(output), "--quiet"],
         env=hub.env(),
     )

@@ -29,3 +29,17 @@ def test_parser_defaults():
     args = build_parser().parse_args(["evaluate"])
     assert (args.models, args.dataset, args.num_samples, args.batch_size, args.precision) == ([], None, 1000, 32, "fp32")
     assert args.trust_remote_code is False  # remote code stays off unless asked for
+
+
+def test_parser_reads_num_samples_all_and_the_safe_defaults():
+    args = build_parser().parse_args(["evaluate", "--num-samples", "all", "--seed", str(2**32 - 1), "--rtol", "1e-8"])
+    assert (args.num_samples, args.seed, args.rtol) == (None, 2**32 - 1, 1e-8)
+    assert args.allow_pickle is False  # Hub pickle weights stay refused unless asked for
+
+
+def test_argparse_errors_are_one_line(capsys):
+    """Even argparse's own errors (unknown flag, bad choice) end in the CLI's one line and exit 2."""
+    for argv in (["evaluate", "--no-such-flag"], ["evaluate", "--precision", "fp8"], ["evaluate", "--num-samples", "0"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("dlr-hf: error: "), err

@@ -7,9 +7,12 @@ CLI as a real process.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import shutil
 
 import datasets
 import datasets.config
@@ -26,6 +29,7 @@ from dlr_hf.errors import (
     DLRError,
     HeadNotFoundError,
     InputColumnError,
+    InvalidArgumentError,
     LayerNotFoundError,
     ModalityMismatchError,
     ModelLoadError,
@@ -55,6 +59,11 @@ class Inputs:
     single: Path
     demo: dict[str, Path]
     hub: eh.HubCaches
+    garbage: Path
+    truncated: Path
+    five_labels: Path
+    moods: Path
+    pickled_id: str
 
 
 def poisoned_texts() -> datasets.Dataset:
@@ -91,11 +100,35 @@ def inputs(tmp_path_factory, tokenizer, demo, hub) -> Inputs:
     texts.to_parquet(str(root / "empty" / "train.parquet"))
     texts.select([]).to_parquet(str(root / "empty" / "test.parquet"))
     texts.select([0]).save_to_disk(str(root / "single"))
+    damage_weights(root / "bert", root / "garbage", lambda data: b"not a safetensors file" * 4)
+    damage_weights(root / "bert", root / "truncated", lambda data: data[: len(data) // 2])
+    eh.tiny_bert(num_labels=5).save_pretrained(root / "five-labels")
+    datasets.Dataset.from_dict({"text": texts["text"], "mood": ["cheerful", "gloomy"] * 6}).save_to_disk(str(root / "moods"))
+    save_pickle_only_hub_model(hub.hub_cache, PICKLED_ID, tokenizer)
     script = root / "my_set"
     script.mkdir()
     (script / "my_set.py").write_text("import datasets\n\nclass MySet(datasets.GeneratorBasedBuilder):\n    pass\n")
     return Inputs(root / "bert", root / "nan-bert", root / "texts", texts, poisoned, root / "poisoned",
-                  root / "numeric", root / "empty", root / "empty-saved", script, root / "single", demo, hub)
+                  root / "numeric", root / "empty", root / "empty-saved", script, root / "single", demo, hub,
+                  root / "garbage", root / "truncated", root / "five-labels", root / "moods", PICKLED_ID)
+
+
+PICKLED_ID = "org/pickled-bert"
+
+
+def damage_weights(source: Path, target: Path, damage: Callable[[bytes], bytes]) -> None:
+    """A copy of a checkpoint folder whose model.safetensors is rewritten by ``damage``."""
+    shutil.copytree(source, target)
+    weights = target / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+
+
+def save_pickle_only_hub_model(hub_cache: Path, repo_id: str, tokenizer: Any) -> None:
+    """A cached Hub snapshot that ships pytorch_model.bin and no safetensors file."""
+    model = eh.tiny_bert()
+    snapshot = eh.save_hub_model(hub_cache, repo_id, "b" * 40, model, tokenizer)
+    (snapshot / "model.safetensors").unlink()
+    torch.save(model.state_dict(), snapshot / "pytorch_model.bin")
 
 
 @pytest.fixture(autouse=True)
@@ -169,7 +202,7 @@ def cases(i: Inputs, tokenizer: Any) -> dict[str, Case]:
         "no linear head (base model)": (
             [eh.minilm_path(), "--dataset", texts],
             lambda: evaluate(eh.minilm_path(), texts),
-            HeadNotFoundError, "no tensor 'logits'",
+            HeadNotFoundError, "BertModel has no classification head",
         ),
         "no linear head (tanh after the Linear)": (
             None,
@@ -216,6 +249,139 @@ def cases(i: Inputs, tokenizer: Any) -> dict[str, Case]:
             None,
             DLRError, "--dataset is required",
         ),
+        # settings: checked before anything is loaded (the API cases name a model that does not exist)
+        "zero --num-samples": (
+            [bert, "--dataset", texts, "--num-samples", "0"],
+            lambda: evaluate("org/no-such-model", texts, num_samples=0),
+            InvalidArgumentError, "num_samples must be at least 1, got 0; to use every example pass None (CLI: --num-samples all)",
+        ),
+        "negative --num-samples": (
+            [bert, "--dataset", texts, "--num-samples", "-5"],
+            lambda: evaluate("org/no-such-model", texts, num_samples=-5),
+            InvalidArgumentError, "num_samples must be at least 1, got -5",
+        ),
+        "zero --batch-size": (
+            [bert, "--dataset", texts, "--batch-size", "0"],
+            lambda: evaluate("org/no-such-model", texts, batch_size=0),
+            InvalidArgumentError, "batch_size must be at least 1, got 0",
+        ),
+        "negative --batch-size": (
+            [bert, "--dataset", texts, "--batch-size", "-2"],
+            lambda: evaluate("org/no-such-model", texts, batch_size=-2),
+            InvalidArgumentError, "batch_size must be at least 1, got -2",
+        ),
+        "negative --seed": (
+            [bert, "--dataset", texts, "--seed", "-1"],
+            lambda: evaluate("org/no-such-model", texts, seed=-1),
+            InvalidArgumentError, "seed must be a whole number from 0 to 4294967295 (2**32 - 1), got -1",
+        ),
+        "--seed over 2**32-1": (
+            [bert, "--dataset", texts, "--seed", str(2**32)],
+            lambda: evaluate("org/no-such-model", texts, seed=2**32),
+            InvalidArgumentError, "seed must be a whole number from 0 to 4294967295 (2**32 - 1), got 4294967296",
+        ),
+        "--rtol below 1e-8": (
+            [bert, "--dataset", texts, "--rtol", "1e-12"],
+            lambda: evaluate("org/no-such-model", texts, rtol=1e-12),
+            InvalidArgumentError, "rtol must be a number in [1e-08, 1), got 1e-12",
+        ),
+        "--rtol of 1 or more": (
+            [bert, "--dataset", texts, "--rtol", "1"],
+            lambda: evaluate("org/no-such-model", texts, rtol=1.0),
+            InvalidArgumentError, "rtol must be a number in [1e-08, 1), got 1",
+        ),
+        "unknown precision": (
+            [bert, "--dataset", texts, "--precision", "fp8"],
+            lambda: evaluate("org/no-such-model", texts, precision="fp8"),
+            InvalidArgumentError, "fp8",
+        ),
+        "max_length of 0": (
+            None,
+            lambda: evaluate("org/no-such-model", texts, max_length=0),
+            InvalidArgumentError, "max_length must be at least 1 token, got 0",
+        ),
+        # labels
+        "text column passed as labels": (
+            [bert, "--dataset", texts, "--label-column", "text"],
+            lambda: evaluate(bert, texts, label_column="text"),
+            InputColumnError, "column 'text' is the model's input, so it cannot also be the labels",
+        ),
+        "labels that are not the model's class names": (
+            [bert, "--dataset", str(i.moods), "--label-column", "mood"],
+            lambda: evaluate(bert, str(i.moods), label_column="mood"),
+            InputColumnError, "label column 'mood' holds strings that are not the model's class names (config.label2id: LABEL_0, LABEL_1, LABEL_2)",
+        ),
+        # weights
+        "garbage model.safetensors": (
+            [str(i.garbage), "--dataset", texts],
+            lambda: evaluate(str(i.garbage), texts),
+            ModelLoadError, f"the weights file {i.garbage / 'model.safetensors'} of the folder {i.garbage} is damaged",
+        ),
+        "truncated model.safetensors": (
+            [str(i.truncated), "--dataset", texts],
+            lambda: evaluate(str(i.truncated), texts),
+            ModelLoadError, f"the weights file {i.truncated / 'model.safetensors'} of the folder {i.truncated} is damaged",
+        ),
+        "Hub checkpoint with only pickle weights": (
+            [i.pickled_id, "--dataset", texts],
+            lambda: evaluate(i.pickled_id, texts, safetensors_only=True),
+            ModelLoadError, f"the Hub model '{i.pickled_id}' has no safetensors weights, only pickle files",
+        ),
+        "--reference without a matching head": (
+            [bert, "--dataset", texts, "--reference", str(i.five_labels)],
+            lambda: evaluate(bert, texts, reference_model=str(i.five_labels)),
+            HeadNotFoundError,
+            f"the reference {i.five_labels} has no head matching {bert}'s: {bert} reads its logits from 'classifier' "
+            "(weight shape (3, 32)), the reference has a Linear with weight shape (5, 32) there",
+        ),
+        # paths that do not exist
+        "missing model folder": (
+            [str(i.bert.parent / "no-model"), "--dataset", texts],
+            lambda: evaluate(str(i.bert.parent / "no-model"), texts),
+            DLRError, f"model folder {i.bert.parent / 'no-model'} does not exist",
+        ),
+        "missing model folder without --dataset": (
+            ["./no-model-here"],
+            None,
+            InvalidArgumentError, "model folder ./no-model-here does not exist",
+        ),
+        "missing dataset folder": (
+            [bert, "--dataset", str(i.bert.parent / "no-data")],
+            lambda: evaluate(bert, str(i.bert.parent / "no-data")),
+            DLRError, f"dataset path {i.bert.parent / 'no-data'} does not exist",
+        ),
+        "missing data file": (
+            [bert, "--dataset", "reviews.csv"],
+            lambda: evaluate(bert, "reviews.csv"),
+            DatasetLoadError, "dataset path reviews.csv does not exist",
+        ),
+        "missing --reference folder": (
+            [bert, "--dataset", texts, "--reference", str(i.bert.parent / "no-initial")],
+            lambda: evaluate(bert, texts, reference_model=str(i.bert.parent / "no-initial")),
+            DLRError, f"folder {i.bert.parent / 'no-initial'} does not exist",
+        ),
+        # output files, checked before the run (the model named here does not even exist)
+        "--output is a folder": (
+            ["org/no-such-model", "--dataset", texts, "--output", str(i.bert.parent)],
+            None,
+            InvalidArgumentError, f"--output {i.bert.parent} is a folder; give a file name",
+        ),
+        "--output under a file": (
+            ["org/no-such-model", "--dataset", texts, "--output", str(i.bert / "config.json" / "report.json")],
+            None,
+            InvalidArgumentError, f"cannot create the folder of --output {i.bert / 'config.json' / 'report.json'}: "
+            f"{i.bert / 'config.json'} is a file",
+        ),
+        "--plot with an unknown format": (
+            ["org/no-such-model", "--dataset", texts, "--plot", str(i.bert.parent / "plot.xyz")],
+            None,
+            InvalidArgumentError, "unknown image format .xyz; end the name with one of",
+        ),
+        "not a number": (
+            [bert, "--dataset", texts, "--batch-size", "many"],
+            None,
+            InvalidArgumentError, "argument --batch-size: expected a number, got 'many' (see dlr-hf evaluate --help)",
+        ),
     }
 
 
@@ -225,6 +391,13 @@ CASE_NAMES = [
     "no linear head (tanh after the Linear)", "layer that is not a Linear", "image model, text dataset",
     "empty split", "empty split saved to disk", "one example in the dataset", "one example drawn", "non-finite activations",
     "model without --dataset",
+    "zero --num-samples", "negative --num-samples", "zero --batch-size", "negative --batch-size", "negative --seed",
+    "--seed over 2**32-1", "--rtol below 1e-8", "--rtol of 1 or more", "unknown precision", "max_length of 0",
+    "text column passed as labels", "labels that are not the model's class names", "garbage model.safetensors",
+    "truncated model.safetensors", "Hub checkpoint with only pickle weights", "--reference without a matching head",
+    "missing model folder", "missing model folder without --dataset", "missing dataset folder", "missing data file",
+    "missing --reference folder", "--output is a folder", "--output under a file", "--plot with an unknown format",
+    "not a number",
 ]
 
 
@@ -235,8 +408,12 @@ def test_case_list_is_complete(inputs, tokenizer):
     assert {name for name, case in table.items() if case[0] is None} == API_ONLY
 
 
-CLI_ONLY = {"model without --dataset"}
-API_ONLY = {"no linear head (tanh after the Linear)"}  # an in-memory model cannot be named on a command line
+CLI_ONLY = {
+    "model without --dataset", "missing model folder without --dataset", "--output is a folder", "--output under a file",
+    "--plot with an unknown format", "not a number",
+}
+# an in-memory model cannot be named on a command line; max_length has no flag
+API_ONLY = {"no linear head (tanh after the Linear)", "max_length of 0"}
 
 
 @pytest.mark.parametrize("name", [name for name in CASE_NAMES if name not in CLI_ONLY])
@@ -274,3 +451,28 @@ def test_other_split_of_a_dataset_with_an_empty_split(inputs):
     """datasets cannot build the whole DatasetDict, but the non-empty split named by --split loads."""
     report = evaluate(str(inputs.bert), str(inputs.empty), split="train", progress=False)
     assert report.dataset["split"] == "train" and report.result.num_samples == 12
+
+
+def test_cli_loads_pickle_only_hub_weights_when_allowed(inputs, capsys, tmp_path):
+    """--allow-pickle lifts the refusal; --output and --plot land in a folder created for them."""
+    output, plot = tmp_path / "new" / "report.json", tmp_path / "new" / "plot.png"
+    argv = ["evaluate", inputs.pickled_id, "--dataset", str(inputs.texts), "--allow-pickle", "--num-samples", "all",
+            "--output", str(output), "--plot", str(plot), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads(output.read_text())
+    assert report["model"]["id"] == inputs.pickled_id and report["dataset"]["num_examples"] == 12
+    assert report["settings"]["num_samples"] is None  # 'all'
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["plot.png", "report.json"]  # no temporaries left
+
+
+def test_local_pickle_weights_still_load(inputs, tmp_path, tokenizer):
+    """Only Hub checkpoints are refused: a local folder with pytorch_model.bin loads (weights_only)."""
+    local = tmp_path / "local-bin"
+    model = eh.tiny_bert()
+    model.save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    (local / "model.safetensors").unlink()
+    torch.save(model.state_dict(), local / "pytorch_model.bin")
+    report = evaluate(str(local), inputs.texts_ds, safetensors_only=True, progress=False)
+    assert report.result.num_samples == 12

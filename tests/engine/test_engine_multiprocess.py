@@ -37,7 +37,7 @@ def test_two_processes_equal_one(demo, tmp_path):
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
         "-m", "dlr_hf", "evaluate", str(demo["rich"]), "--dataset", str(data_dir),
-        "--batch-size", "8", "--num-samples", "0", "--output", str(output), "--quiet",
+        "--batch-size", "8", "--num-samples", "all", "--output", str(output), "--quiet",
     ]
     done = subprocess.run(command, cwd=eh.REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
