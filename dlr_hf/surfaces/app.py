@@ -27,6 +27,7 @@ import html
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -41,6 +42,8 @@ import torch
 
 import dlr_hf
 from dlr_hf.engine import EvaluationReport, ensure_demo, evaluate, load_data, load_model, reading
+from dlr_hf.engine.settings import looks_like_path, validate_batch_size, validate_seed
+from dlr_hf.engine.report import write_atomic
 from dlr_hf.errors import DLRError
 from dlr_hf.surfaces.history import HISTORY_COLUMNS, HistoryStore, RequestKey, model_reference
 from dlr_hf.surfaces.plots import trajectory_figure, visualisation_figure
@@ -115,24 +118,38 @@ class AppConfig:
 
 
 # --- one request -----------------------------------------------------------------------------------
-def _text(value: Any) -> str | None:
-    """A textbox value: stripped, None when empty."""
+MAX_TEXT_LENGTH = 1000  # characters of one text field (a path, an id, a layer name): longer is an attack or a paste error
+
+
+def _text(value: Any, name: str, limit: int = MAX_TEXT_LENGTH) -> str | None:
+    """A textbox value: stripped, None when empty; refused when longer than ``limit`` characters."""
     if value is None:
         return None
     text = str(value).strip()
+    if len(text) > limit:
+        raise RequestError(f"the {name} field holds {len(text)} characters; this server accepts at most {limit}")
     return text or None
 
 
 def _whole(value: Any, name: str) -> int:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise RequestError(f"{name} is empty; enter a whole number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as error:
-        raise RequestError(f"{name} must be a whole number, got {value!r}") from error
-    if not math.isfinite(number) or number != int(number):
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
-    return int(number)
+    """A whole number from a Number box or an API call (an int, an integral float or its text), at most 40 digits."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
+    else:
+        text = _text(value, name)
+        if text is None:
+            raise RequestError(f"{name} is empty; enter a whole number")
+        shown = text if len(text) <= 40 else text[:39] + "…"
+        try:
+            number = int(text) if len(text) <= 40 and text.lstrip("+-").isdigit() else float(text)
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError(text)
+        except (ValueError, OverflowError) as error:
+            raise RequestError(f"{name} must be a whole number, got {shown!r}") from error
+        number = int(number)
+    if abs(number) >= 10**40:
+        raise RequestError(f"{name} is a whole number of more than 40 digits; enter a realistic one")
+    return number
 
 
 @dataclass
@@ -189,26 +206,28 @@ class DLRApp:
 
     # -- checks ------------------------------------------------------------------------------
     def _is_local(self, name: str, what: str) -> bool:
-        """Whether ``name`` is a local path; refuses paths outside the allowed roots."""
+        """Whether ``name`` is a local path; refuses missing paths and paths outside the allowed roots
+        with one message, so that a request learns nothing about the server's file system."""
         path = Path(name).expanduser()
+        unavailable = RequestError(
+            f"the {what} {name} is not available here: it does not exist or is outside the allowed folders "
+            "of this server (DLR_HF_LOCAL_ROOTS); use a Hub id (ORG/NAME)"
+        )
         if not path.exists():
-            if name.startswith(("/", "./", "../", "~")):
-                raise RequestError(f"the {what} path {name} does not exist on this server")
+            if looks_like_path(name):
+                raise unavailable
             return False
         roots = self.config.local_roots
         if roots is not None:
             resolved = path.resolve()
             if not any(resolved == root or root in resolved.parents for root in roots):
-                raise RequestError(
-                    f"local {what} paths outside the allowed folders are not served here "
-                    "(DLR_HF_LOCAL_ROOTS); use a Hub id"
-                )
+                raise unavailable
         return True
 
     def validate(self, model: Any, revision: Any, dataset: Any, dataset_config: Any, split: Any,
                  num_samples: Any, batch_size: Any, layer: Any = None, seed: Any = 0,
                  reference: Any = None) -> Request:
-        model_name, dataset_name = _text(model), _text(dataset)
+        model_name, dataset_name = _text(model, "model"), _text(dataset, "dataset")
         if model_name is None:
             raise RequestError("enter a model (a Hub id such as ORG/NAME, or a local folder), or click a demo example")
         if dataset_name is None:
@@ -221,16 +240,14 @@ class DLRApp:
                 f"{n} samples is over this server's cap of {self.config.max_samples} (DLR_HF_MAX_SAMPLES); "
                 "ask for fewer, or run dlr-hf locally for more"
             )
-        batch = _whole(batch_size, "batch size")
-        if batch < 1:
-            raise RequestError(f"batch size must be at least 1; got {batch}")
+        batch = validate_batch_size(_whole(batch_size, "batch size"))
         if batch > self.config.max_batch:
             raise RequestError(f"batch size {batch} is over this server's cap of {self.config.max_batch} (DLR_HF_MAX_BATCH)")
-        seed_value = _whole(0 if seed is None or seed == "" else seed, "seed")
+        seed_value = validate_seed(_whole(0 if seed is None or seed == "" else seed, "seed"))
         request = Request(
-            model=model_name, dataset=dataset_name, revision=_text(revision), dataset_config=_text(dataset_config),
-            split=_text(split), num_samples=n, batch_size=batch, layer=_text(layer), seed=seed_value,
-            reference=_text(reference),
+            model=model_name, dataset=dataset_name, revision=_text(revision, "revision"),
+            dataset_config=_text(dataset_config, "config"), split=_text(split, "split"), num_samples=n,
+            batch_size=batch, layer=_text(layer, "layer"), seed=seed_value, reference=_text(reference, "initial checkpoint"),
         )
         self._is_local(request.dataset, "dataset")
         self._is_local(request.model, "model")
@@ -332,14 +349,15 @@ class DLRApp:
     def _write_report(self, report: EvaluationReport, outcome: Outcome) -> Path:
         digest = outcome.key.digest[:10] if outcome.key else "report"
         path = self.downloads / f"dlr-report-{_slug(_short(report.model.get('id') or 'model'))}-{digest}.json"
-        path.write_text(report.to_json() + "\n")
+        write_atomic(path, report.to_json() + "\n")
         return path
 
     # -- Compare tab ---------------------------------------------------------------------------
     def expand_checkpoints(self, text: Any) -> list[Checkpoint]:
         """Entries (one per line or comma-separated): Hub ids (``id@revision``), local folders, or a
         training output folder whose ``checkpoint-*`` subfolders are taken in step order."""
-        entries = [entry.strip() for entry in re.split(r"[\n,]", str(text or "")) if entry.strip()]
+        listed = _text(text, "checkpoints", limit=MAX_TEXT_LENGTH * self.config.max_checkpoints) or ""
+        entries = [entry.strip() for entry in re.split(r"[\n,]", listed) if entry.strip()]
         if not entries:
             raise RequestError(
                 "enter checkpoints to compare: Hub ids (ORG/NAME or ORG/NAME@revision), local checkpoint "
@@ -408,7 +426,7 @@ class DLRApp:
             # named by the requests' keys: asking the same comparison again rewrites the same file
             digest = hashlib.sha256("".join(key for key in keys).encode()).hexdigest()[:10]
             path = self.downloads / f"dlr-compare-{digest}.json"
-            path.write_text(json.dumps(reports, indent=2, allow_nan=True) + "\n")
+            write_atomic(path, json.dumps(reports, indent=2, allow_nan=True) + "\n")
             return table, figure, str(path), self.history_table()
 
     # -- History tab -----------------------------------------------------------------------------

@@ -32,7 +32,62 @@ def test_unknown_hub_model(app, demo_paths):
 
 def test_missing_local_folder(app, demo_paths, tmp_path):
     message = error_of(app.evaluate_ui, *example_args(demo_paths, model=str(tmp_path / "nothing")))
-    assert "does not exist" in message
+    assert message == (
+        f"the model {tmp_path / 'nothing'} is not available here: it does not exist or is outside the allowed "
+        "folders of this server (DLR_HF_LOCAL_ROOTS); use a Hub id (ORG/NAME)"
+    )
+    assert len(app.history) == 0
+
+
+def test_missing_and_forbidden_paths_read_the_same(demo_paths, tmp_path):
+    """The server reveals nothing about its file system: a missing path inside the allowed folders and
+    an existing one outside them get the same message (up to the name the user typed)."""
+    from app_helpers import make_app
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    restricted = make_app(demo_paths, tmp_path / "h.sqlite", local_roots=[allowed])
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(demo_paths["rich"], outside)
+    missing = allowed / "nothing"
+    forbidden = error_of(restricted.evaluate_ui, *example_args(demo_paths, model=str(outside)))
+    absent = error_of(restricted.evaluate_ui, *example_args(demo_paths, model=str(missing)))
+    assert forbidden.replace(str(outside), "PATH") == absent.replace(str(missing), "PATH")
+    for kind in ("dataset", "reference"):
+        forbidden = error_of(restricted.evaluate_ui, *example_args(demo_paths, **{kind: str(outside / "x.csv")}))
+        absent = error_of(restricted.evaluate_ui, *example_args(demo_paths, **{kind: str(missing / "x.csv")}))
+        assert forbidden.replace(str(outside), "PATH") == absent.replace(str(missing), "PATH")
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**32, -1])
+def test_seed_outside_the_storable_range_is_refused_before_running(app, demo_paths, seed):
+    """Today's bug: a 2**63 seed computed, then failed to store in the history, and the result was lost."""
+    message = error_of(app.evaluate_ui, *example_args(demo_paths, seed=seed))
+    assert message == f"seed must be a whole number from 0 to 4294967295 (2**32 - 1), got {seed}"
+    assert len(app.history) == 0
+
+
+def test_largest_seed_is_stored(app, demo_paths):
+    app.evaluate_ui(*example_args(demo_paths, n=16, seed=2**32 - 1))
+    assert list(app.history_table()["seed"]) == [2**32 - 1]
+
+
+@pytest.mark.parametrize("field", ["model", "revision", "dataset", "dataset_config", "split", "layer", "reference"])
+def test_a_huge_text_input_gets_a_clear_message(app, demo_paths, field):
+    message = error_of(app.evaluate_ui, *example_args(demo_paths, **{field: "x" * 100_000}))
+    assert message.endswith("field holds 100000 characters; this server accepts at most 1000")
+    assert len(message) < 200
+
+
+def test_a_huge_number_is_not_echoed(app, demo_paths):
+    for value in ("9" * 100_000, 10**400):
+        message = error_of(app.evaluate_ui, *example_args(demo_paths, n=value))
+        assert len(message) < 200
+
+
+def test_a_huge_checkpoint_list_gets_a_clear_message(app, demo_paths):
+    message = error_of(app.compare_ui, "x" * 100_000, str(demo_paths["data"]), "", "test", 32, 32, 0)
+    assert "the checkpoints field holds 100000 characters; this server accepts at most 12000" in message
 
 
 def test_unknown_dataset(app, demo_paths):
@@ -65,6 +120,12 @@ def test_batch_over_the_cap(app, demo_paths):
 @pytest.mark.parametrize("n, expected", [(1, "at least 2 samples"), ("many", "whole number"), (2.5, "whole number")])
 def test_bad_sample_count(app, demo_paths, n, expected):
     assert expected in error_of(app.evaluate_ui, *example_args(demo_paths, n=n))
+
+
+@pytest.mark.parametrize("batch_size", [0, -4])
+def test_bad_batch_size(app, demo_paths, batch_size):
+    message = error_of(app.evaluate_ui, *example_args(demo_paths, batch_size=batch_size))
+    assert message == f"batch_size must be at least 1, got {batch_size}"
 
 
 def test_unknown_layer(app, demo_paths):
@@ -105,7 +166,7 @@ def test_hub_weights_must_be_safetensors(app, demo_paths, tmp_path, monkeypatch)
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     message = error_of(app.evaluate_ui, *example_args(demo_paths, model="demo-org/pickled-vit"))
-    assert "could not load the Hub model 'demo-org/pickled-vit'" in message
+    assert "the Hub model 'demo-org/pickled-vit' has no safetensors weights, only pickle files" in message
     # the same weights from a local folder are the user's own: allowed
     local = tmp_path / "local"
     shutil.copytree(snapshot, local)
