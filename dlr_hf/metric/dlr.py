@@ -29,11 +29,12 @@ from dlr_hf.metric.precision import (
 )
 from dlr_hf.metric.spectral import (
     FeatureSpectrum,
+    LearnedFunction,
     capture_per_direction,
     cumulative_share,
     effective_rank,
-    projected_scatter_from_head,
-    projected_scatter_from_moments,
+    learned_function_from_head,
+    learned_function_from_moments,
 )
 from dlr_hf.metric.state import MergeableState
 
@@ -297,46 +298,31 @@ class DLRAccumulator(MergeableState):
             )
         return spectrum
 
-    def _function_from_head(self, spectrum: FeatureSpectrum, head_weight: Any) -> _LearnedFunction:
-        p = self.feature_dim
+    def _function_from_head(self, spectrum: FeatureSpectrum, head_weight: Any) -> LearnedFunction:
+        p, n = self.feature_dim, self.num_samples
         weight = _as_matrix(head_weight, "head_weight")
         if weight.shape[1] != p:
             raise ShapeMismatchError(f"head_weight has {weight.shape[1]} columns but features have dimension {p}")
-        weight = weight.to(self.device, DTYPE)
         bad = int((~torch.isfinite(weight)).sum())
         if bad:
             raise NonFiniteError(
                 f"the head weight has {bad} non-finite entries (NaN/inf) of {weight.numel()}, so its outputs "
                 "are undefined; the model has diverged or its checkpoint is damaged"
             )
-        head_gram = weight.T @ weight
-        n = self.num_samples
         scale = coordinate_scale(self.moments.mean[:p], self.moments.scatter[:p, :p], n)
-        gain = math.sqrt(_largest_eigenvalue(head_gram))
-        floor = rounding_floor(n, coarsest_eps(self.feature_precision), scale, gain)
-        projected, rank = projected_scatter_from_head(spectrum, head_gram, self.rtol, floor)
-        k = spectrum.rank
-        v = spectrum.eigenvectors[:, :k]
-        output_power = torch.zeros_like(spectrum.eigenvalues)
-        output_power[:k] = spectrum.eigenvalues[:k] * (v * (head_gram @ v)).sum(0)
-        return _LearnedFunction(projected, rank, output_power, weight.shape[0])
+        input_floor = rounding_floor(n, coarsest_eps(self.feature_precision), scale)
+        float64_floor = rounding_floor(n, torch.finfo(DTYPE).eps, scale)
+        return learned_function_from_head(spectrum, weight, self.rtol, input_floor, float64_floor)
 
-    def _function_from_moments(self, spectrum: FeatureSpectrum) -> _LearnedFunction:
+    def _function_from_moments(self, spectrum: FeatureSpectrum) -> LearnedFunction:
         p, n = self.feature_dim, self.num_samples
         scatter = self.moments.scatter
-        cross, outputs = scatter[:p, p:], scatter[p:, p:]
         _check_statistics(scatter, "output")
-        output_mean = self.moments.mean[p:]
-        scale = coordinate_scale(output_mean, outputs, n)
-        floor = rounding_floor(n, coarsest_eps(self.output_precision), scale)
-        projected, rank = projected_scatter_from_moments(cross, outputs, self.rtol, floor)
-        k = spectrum.rank
-        along = cross.T @ spectrum.eigenvectors[:, :k]  # S_ΦYᵀ v_k = λ_k W v_k for a linear head
-        output_power = torch.zeros_like(spectrum.eigenvalues)
-        output_power[:k] = (along**2).sum(0) / spectrum.eigenvalues[:k]
-        return _LearnedFunction(projected, rank, output_power, self.num_outputs)
+        outputs = scatter[p:, p:]
+        floor = rounding_floor(n, coarsest_eps(self.output_precision), coordinate_scale(self.moments.mean[p:], outputs, n))
+        return learned_function_from_moments(spectrum, scatter[:p, p:], outputs, self.rtol, floor)
 
-    def _assemble(self, spectrum: FeatureSpectrum, function: _LearnedFunction) -> DLRResult:
+    def _assemble(self, spectrum: FeatureSpectrum, function: LearnedFunction) -> DLRResult:
         n, p = self.num_samples, self.feature_dim
         if function.rank == 0:
             raise UndefinedDLRError(
@@ -344,7 +330,7 @@ class DLRAccumulator(MergeableState):
                 "function varies in no direction the features vary in, so D_LR is undefined"
             )
         feature_norm = float(torch.linalg.vector_norm(spectrum.eigenvalues))
-        cka = float(torch.trace(function.projected)) / (feature_norm * math.sqrt(function.rank))
+        cka = float((function.basis**2).sum()) / (feature_norm * math.sqrt(function.rank))
         if not math.isfinite(cka):
             raise NonFiniteError("D_LR came out non-finite: the statistics overflowed; rescale the features")
         cka = min(max(cka, 0.0), 1.0)
@@ -371,7 +357,7 @@ class DLRAccumulator(MergeableState):
             warnings=warnings,
             spectrum=(spectrum.eigenvalues / n).tolist(),
             utilisation=cumulative_share(function.output_power.clamp(min=0)).tolist(),
-            pi=capture_per_direction(spectrum, function.projected).tolist(),
+            pi=capture_per_direction(spectrum, function).tolist(),
             effective_rank=effective_rank(spectrum),
             rtol=self.rtol,
         )
@@ -433,16 +419,6 @@ NC1_CONVENTION = (
 )
 
 
-@dataclass(frozen=True)
-class _LearnedFunction:
-    """The learned function as D_LR sees it: ``G = Φ_cᵀP_YΦ_c``, ``r``, and ``λ_k‖W v_k‖²`` per direction."""
-
-    projected: torch.Tensor
-    rank: int
-    output_power: torch.Tensor
-    num_outputs: int
-
-
 def _optional_count(value: Any, name: str) -> int | None:
     if value is None:
         return None
@@ -482,20 +458,6 @@ def _check_statistics(scatter: torch.Tensor, what: str) -> None:
             f"the streamed {what} statistics are not finite (float64 overflow); rescale the inputs "
             "(D_LR is scale-invariant)"
         )
-
-
-def _largest_eigenvalue(symmetric: torch.Tensor, steps: int = 32) -> float:
-    """λ_max of a PSD matrix by power iteration (for a noise gain; a lower bound, tight in practice)."""
-    vector = torch.ones(symmetric.shape[0], dtype=symmetric.dtype, device=symmetric.device)
-    value = 0.0
-    for _ in range(steps):
-        image = symmetric @ vector
-        norm = float(torch.linalg.vector_norm(image))
-        if norm == 0.0:
-            return float(torch.diagonal(symmetric).max().clamp(min=0))
-        value = norm / float(torch.linalg.vector_norm(vector))
-        vector = image / norm
-    return value
 
 
 def _quality(spectrum: FeatureSpectrum, counts: torch.Tensor, offsets: torch.Tensor) -> list[float] | None:

@@ -1,14 +1,16 @@
 """From second moments to D_LR and its eigen-visualisations (SPEC §2–§3), in float64.
 
-Everything is expressed through two p×p matrices:
+Everything is expressed through S's one eigendecomposition and a factor of G:
 
-* ``S = Φ_cᵀΦ_c`` — the centred feature scatter, eigendecomposed as ``S = V diag(λ) Vᵀ``
-  (``λ = n·ρ``);
-* ``G = Φ_cᵀ P_Y Φ_c`` — the part of the scatter inside the span of the learned function.
+* ``S = Φ_cᵀΦ_c`` — the centred feature scatter, eigendecomposed once as ``S = V diag(λ) Vᵀ``
+  (``λ = n·ρ``); its rank k counts eigenvalues above rtol and the inputs' rounding floor;
+* ``G = Φ_cᵀ P_Y Φ_c = B Bᵀ`` — the part of the scatter inside the span of the learned function,
+  kept as its p×r factor B.
 
-Then ``‖P_Y Φ_c‖²_F = tr G``, ``π_k = v_kᵀ G v_k / λ_k`` and ``CKA = tr G / (‖S‖_F √r)``. ``G`` is
-obtained either from streamed output moments (``S_ΦY``, ``S_YY``) or, when the head weight ``W`` is
-known, from ``S`` and ``WᵀW`` alone — O(p²C + p³) and memory O(p²) whatever the number of outputs.
+Then ``‖P_Y Φ_c‖²_F = ‖B‖²_F``, ``π_k = ‖Bᵀv_k‖² / λ_k`` and ``CKA = ‖B‖²_F / (‖S‖_F √r)``. B comes
+either from streamed output moments (``S_ΦY``, ``S_YY``: one C×C eigh) or, when the head weight W is
+known, from S's eigenbasis and W alone (one min(C, k)-sized decomposition; W read in blocks of rows,
+so memory stays O(p²) whatever the number of outputs).
 """
 
 from __future__ import annotations
@@ -47,44 +49,137 @@ def numerical_rank(squared_singular_values: torch.Tensor, rtol: float, floor: fl
     return int((squared_singular_values > max((rtol**2) * float(top), floor)).sum())
 
 
-def projected_scatter_from_moments(
-    feature_output_scatter: torch.Tensor, output_scatter: torch.Tensor, rtol: float, floor: float = 0.0
-) -> tuple[torch.Tensor, int]:
-    """``G = S_ΦY S_YY⁺ S_ΦYᵀ`` and ``r = rank(Y_c)``, the pseudo-inverse cut at ``rtol`` and ``floor``."""
+@dataclass(frozen=True)
+class LearnedFunction:
+    """The learned function as D_LR sees it, in S's eigenbasis.
+
+    ``basis`` B (p×r) factors ``G = Φ_cᵀ P_Y Φ_c = B Bᵀ`` (G itself, p×p, is never formed);
+    ``rank`` is r = rank(Y_c); ``output_power`` is ``λ_k ‖W v_k‖²`` per direction (0 past the feature
+    rank), the centred output variance each feature direction carries.
+    """
+
+    basis: torch.Tensor
+    rank: int
+    output_power: torch.Tensor
+    num_outputs: int
+
+
+ROW_BLOCK = 4096
+"""Rows of W converted to float64 at a time: a vocabulary-sized head is never copied whole."""
+
+
+def learned_function_from_moments(
+    spectrum: FeatureSpectrum,
+    feature_output_scatter: torch.Tensor,
+    output_scatter: torch.Tensor,
+    rtol: float,
+    floor: float = 0.0,
+) -> LearnedFunction:
+    """From streamed moments: ``G = S_ΦY S_YY⁺ S_ΦYᵀ``, the pseudo-inverse cut at ``rtol`` and ``floor``."""
     values, vectors = torch.linalg.eigh(output_scatter)
     rank = numerical_rank(values.clamp(min=0), rtol, floor)
     kept = values.argsort(descending=True)[:rank]
-    whitened = feature_output_scatter @ (vectors[:, kept] / values[kept].sqrt())
-    return whitened @ whitened.T, rank
+    basis = feature_output_scatter @ (vectors[:, kept] / values[kept].sqrt())
+    k = spectrum.rank
+    along = feature_output_scatter.T @ spectrum.eigenvectors[:, :k]  # S_ΦYᵀ v_k = λ_k W v_k for a linear head
+    output_power = torch.zeros_like(spectrum.eigenvalues)
+    output_power[:k] = (along**2).sum(0) / spectrum.eigenvalues[:k]
+    return LearnedFunction(basis, rank, output_power, output_scatter.shape[0])
 
 
-def projected_scatter_from_head(
-    spectrum: FeatureSpectrum, head_gram: torch.Tensor, rtol: float, floor: float = 0.0
-) -> tuple[torch.Tensor, int]:
-    """``G`` and ``r`` for ``Y_c = Φ_c Wᵀ`` from ``S`` and ``WᵀW`` only.
+def learned_function_from_head(
+    spectrum: FeatureSpectrum,
+    weight: torch.Tensor,
+    rtol: float,
+    input_floor: float = 0.0,
+    float64_floor: float = 0.0,
+) -> LearnedFunction:
+    """From S's eigendecomposition and the head weight W (C×p) alone, for ``Y_c = Φ_c Wᵀ``.
 
-    With ``Φ_c = A Λ^½ Vᵀ`` (A orthonormal), ``Y_c = A M`` with ``M = Λ^½ VᵀWᵀ``, so ``P_Y = A P_M Aᵀ``,
-    ``r = rank(M)`` and ``G = V Λ^½ P_M Λ^½ Vᵀ``; ``M Mᵀ = Λ^½ (VᵀWᵀWV) Λ^½``. Only the feature
-    rank's directions are kept: the others carry rounding noise, which a head reading them would
-    otherwise turn into rank.
+    With ``Φ_c = A Λ^½ Vᵀ`` (A orthonormal) and ``N = W V`` (C×k), ``Y_c = A M`` with ``M = Λ^½ Nᵀ``,
+    so ``r = rank(M)`` and ``G = V Λ^½ P_M Λ^½ Vᵀ``. The smaller side is decomposed: for C ≤ k the C×C
+    ``MᵀM = N Λ Nᵀ`` (eigenvectors u_i give ``B = V Λ Nᵀ u_i / σ_i``); otherwise the k×k ``M Mᵀ``,
+    whose eigenvalues alone suffice when M has full rank k (then ``P_M = I``, the LM-head case).
+    Only the feature rank's k directions are used: the others are rounding noise, which a head
+    reading them would turn into rank. Floors are given for a unit-gain map: the inputs' rounding
+    passes through ``‖W V‖₂``, float64 rounding of V itself through at most ``‖W‖_F``.
     """
     k = spectrum.rank
-    root = spectrum.eigenvalues[:k].sqrt()
+    lam = spectrum.eigenvalues[:k]
     v = spectrum.eigenvectors[:, :k]
-    output_gram = root[:, None] * (v.T @ head_gram @ v) * root[None, :]
-    values, vectors = torch.linalg.eigh(output_gram)
-    rank = numerical_rank(values.clamp(min=0), rtol, floor)
-    kept = vectors[:, values.argsort(descending=True)[:rank]]
-    basis = v @ (root[:, None] * kept)  # V Λ^½ P_M-basis
-    return basis @ basis.T, rank
+    num_outputs = weight.shape[0]
+    output_power = torch.zeros_like(spectrum.eigenvalues)
+    if num_outputs <= k:
+        n_mat, frobenius = _head_rows_times(weight, v)  # C×k
+        floor = input_floor * _largest_eigenvalue(n_mat @ n_mat.T) + float64_floor * frobenius
+        values, vectors = torch.linalg.eigh((n_mat * lam) @ n_mat.T)
+        rank = numerical_rank(values.clamp(min=0), rtol, floor)
+        kept = values.argsort(descending=True)[:rank]
+        basis = v @ ((lam[:, None] * (n_mat.T @ vectors[:, kept])) / values[kept].sqrt())
+        output_power[:k] = lam * (n_mat**2).sum(0)
+        return LearnedFunction(basis, rank, output_power, num_outputs)
+    head_gram, frobenius = _head_gram_in(weight, v)  # k×k: NᵀN = VᵀWᵀWV, accumulated over blocks of rows
+    floor = input_floor * _largest_eigenvalue(head_gram) + float64_floor * frobenius
+    root = lam.sqrt()
+    output_gram = root[:, None] * head_gram * root[None, :]
+    rank = numerical_rank(torch.linalg.eigvalsh(output_gram).clamp(min=0), rtol, floor)
+    if rank == k:
+        basis = v * root
+    else:
+        values, vectors = torch.linalg.eigh(output_gram)
+        basis = v @ (root[:, None] * vectors[:, values.argsort(descending=True)[:rank]])
+    output_power[:k] = lam * torch.diagonal(head_gram)
+    return LearnedFunction(basis, rank, output_power, num_outputs)
 
 
-def capture_per_direction(spectrum: FeatureSpectrum, projected_scatter: torch.Tensor) -> torch.Tensor:
-    """``π_k = ‖P_Y e_k‖²``: how much of each eigenfunction the learned function uses (0 past the rank)."""
-    v = spectrum.eigenvectors[:, : spectrum.rank]
-    captured = (v * (projected_scatter @ v)).sum(dim=0) / spectrum.eigenvalues[: spectrum.rank]
+def _row_blocks(weight: torch.Tensor, like: torch.Tensor):
+    """Blocks of rows of W in ``like``'s dtype and device, one at a time."""
+    for i in range(0, weight.shape[0], ROW_BLOCK):
+        yield weight[i : i + ROW_BLOCK].to(like.device, like.dtype)
+
+
+def _head_rows_times(weight: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``W V`` in float64 and ``‖W‖²_F``, converting W a block of rows at a time."""
+    products, frobenius = [], 0.0
+    for block in _row_blocks(weight, vectors):
+        products.append(block @ vectors)
+        frobenius += float((block**2).sum())
+    return torch.cat(products), frobenius
+
+
+def _head_gram_in(weight: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``VᵀWᵀWV`` in float64 and ``‖W‖²_F``, accumulated over blocks of rows (memory: one block, not W)."""
+    gram = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
+    frobenius = 0.0
+    for block in _row_blocks(weight, vectors):
+        product = block @ vectors
+        gram.addmm_(product.T, product)
+        frobenius += float((block**2).sum())
+    return gram, frobenius
+
+
+def _largest_eigenvalue(symmetric: torch.Tensor, steps: int = 32) -> float:
+    """λ_max of a PSD matrix by power iteration (for a noise gain, so a close estimate suffices)."""
+    if symmetric.numel() == 0:
+        return 0.0
+    vector = torch.ones(symmetric.shape[0], dtype=symmetric.dtype, device=symmetric.device)
+    value = 0.0
+    for _ in range(steps):
+        image = symmetric @ vector
+        norm = float(torch.linalg.vector_norm(image))
+        if norm == 0.0:
+            return float(torch.diagonal(symmetric).max().clamp(min=0))
+        value = norm / float(torch.linalg.vector_norm(vector))
+        vector = image / norm
+    return value
+
+
+def capture_per_direction(spectrum: FeatureSpectrum, function: LearnedFunction) -> torch.Tensor:
+    """``π_k = ‖P_Y e_k‖² = ‖Bᵀv_k‖²/λ_k``: how much of each eigenfunction the learned function uses."""
+    k = spectrum.rank
+    captured = ((spectrum.eigenvectors[:, :k].T @ function.basis) ** 2).sum(dim=1) / spectrum.eigenvalues[:k]
     pi = torch.zeros_like(spectrum.eigenvalues)
-    pi[: spectrum.rank] = captured.clamp(0.0, 1.0)
+    pi[:k] = captured.clamp(0.0, 1.0)
     return pi
 
 

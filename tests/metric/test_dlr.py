@@ -39,6 +39,7 @@ SHAPES = [
     (200, 16, 40, None),  # C > p (degenerate)
     (300, 24, 12, 5),  # rank-deficient head
     (12, 40, 20, None),  # n − 1 ≤ C
+    (300, 10, 30, 4),  # C > p with a rank-deficient head (r < feature rank < C)
 ]
 
 

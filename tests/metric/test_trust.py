@@ -328,3 +328,25 @@ def test_linear_cka_of_a_constant_feature_set_is_undefined():
     ac, bc = bf.centre(a), bf.centre(b)
     expected = np.linalg.norm(ac.T @ bc) ** 2 / (np.linalg.norm(ac.T @ ac) * np.linalg.norm(bc.T @ bc))
     assert real.compute() == pytest.approx(expected, rel=1e-12)
+
+
+def test_two_classes_nc1_and_quality_against_brute_force():
+    phi, logits, labels, _ = labelled_problem(120, 7, 2, seed=12)
+    result = compute_dlr(phi, logits, labels=labels)
+    assert result.nc1 == pytest.approx(bf.nc1(phi, labels), rel=1e-9)
+    np.testing.assert_allclose(result.quality, bf.quality(phi, labels, 2), atol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_4096_wide_head_path_matches_the_brute_force():
+    rng = np.random.default_rng(13)
+    n, p, c = 6000, 4096, 10
+    phi = rng.normal(size=(n, 64)) @ rng.normal(size=(64, p)) + 0.1 * rng.normal(size=(n, p))
+    weight = rng.normal(size=(c, p))
+    accumulator = DLRAccumulator(track_outputs=False)
+    for start in range(0, n, 1000):
+        accumulator.update(phi[start : start + 1000])
+    result = accumulator.compute(head_weight=weight)
+    expected, rank = bf.dlr(phi, phi @ weight.T)
+    assert result.rank == rank
+    assert result.dlr == pytest.approx(expected, abs=1e-9)
