@@ -12,6 +12,18 @@ the Trainer has logged them already). Step-based measurements use the same names
 Every rank takes part in the forward passes and the reductions; only the main process writes
 files. The history survives a resume (``ExportableState`` in ``trainer_state.json``), and the
 initial model's probe features and parameters are kept in ``output_dir`` for S_init.
+
+A measurement never stops training. When a value cannot be measured (non-finite features or
+weights of a diverging run, a probe of fewer than 2 examples, a lost or corrupted initial
+reference on resume, …) the callback logs a warning (``logging`` and ``callback.warnings``) and
+records the value as missing: **left out of** ``trainer.log`` (a gap in TensorBoard / W&B charts,
+no NaN in their summaries) and **NaN** in ``callback.history`` and ``dlr_history.*``, whose row then
+carries the reason under ``"warning"``. The processes first agree (one all-reduce of failure flags)
+on whether every one of them succeeded, so a local failure skips the measurement on all ranks
+instead of leaving the others waiting in a collective. S_init and ``param_change`` compare with the
+model at step 0 only: if its reference is lost, they stay missing for the rest of the run rather
+than being re-based on a resumed checkpoint. Wrong settings are not measurement failures: they
+raise ``InvalidArgumentError`` (constructor) or ``LayerNotFoundError`` (a bad ``layer=``, at train begin).
 """
 
 from __future__ import annotations
@@ -20,30 +32,48 @@ import csv
 import inspect
 import json
 import logging
+import math
+import numbers
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
 
 from dlr_hf.engine.data import subsample_indices
 from dlr_hf.engine.evaluate import find_head
-from dlr_hf.engine.stream import input_device, pool_across_processes, stream_statistics
+from dlr_hf.engine.settings import validate_batch_size, validate_num_samples, validate_seed
+from dlr_hf.engine.stream import SampleConsumer, input_device, pool_across_processes, stream_statistics
+from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, TooFewSamplesError
 from dlr_hf.metric import (
     DEFAULT_RTOL,
+    DLRAccumulator,
+    DLRResult,
     LinearCKAAccumulator,
     parameter_change,
     parameter_norm,
     parameter_snapshot,
+    validate_rtol,
 )
 from dlr_hf.models import HeadInfo, Samples, read_head_weight
 
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "dlr_reference_rank{rank}.pt"
+MISSING = float("nan")
+"""How the history records a value that could not be measured (it is left out of ``trainer.log``)."""
+
+MEASUREMENT_ERRORS = (DLRError, RuntimeError)
+"""What a measurement may raise without stopping training: dlr-hf's own errors and torch's
+runtime errors (shape problems, out of memory) from the probe pass."""
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -55,14 +85,35 @@ class _Probe:
 
 
 class _PairWithInitial:
-    """Streams linear CKA between the stored initial features and the current ones, batch by batch."""
+    """Streams linear CKA between the stored initial features and the current ones, batch by batch.
+
+    A mismatch (another probe, another batch size) is kept in ``problem`` rather than raised, so the
+    D_LR pass it rides along with still completes.
+    """
 
     def __init__(self, initial: list[torch.Tensor]) -> None:
-        self.initial = iter(initial)
+        self.initial = initial
+        self.batches = 0
         self.cka = LinearCKAAccumulator()
+        self.problem: str | None = None
 
     def __call__(self, samples: Samples, inputs: dict[str, torch.Tensor]) -> None:
-        self.cka.update(next(self.initial), samples.features)
+        if self.problem is not None:
+            return
+        if self.batches == len(self.initial):
+            self.problem = "S_init: the probe has more batches than when the initial features were recorded"
+            return
+        try:
+            self.cka.update(self.initial[self.batches], samples.features)
+        except MEASUREMENT_ERRORS as error:
+            self.problem = f"S_init: {type(error).__name__}: {error}"
+        self.batches += 1
+
+    def finish(self) -> str | None:
+        """Why S_init cannot be computed from this pass (None: it can)."""
+        if self.problem is None and self.batches != len(self.initial):
+            self.problem = "S_init: the probe has fewer batches than when the initial features were recorded"
+        return self.problem
 
 
 class _Recorder:
@@ -76,19 +127,23 @@ class _Recorder:
 
 
 class DLRCallback(TrainerCallback, ExportableState):
-    """Measure D_LR on a fixed probe set during training.
+    """Measure D_LR on a fixed probe set during training; a failed measurement never stops training.
 
     Args:
         probe_dataset: examples in the Trainer's format (what its data collator takes); default:
             the eval dataset (each one, for a dict of eval datasets), else the train dataset.
-        num_samples: probe size, drawn deterministically with ``seed`` (the same subsample
-            ``dlr_hf.evaluate`` draws, so the two agree).
-        every_n_steps: also measure every N optimiser steps (logged without prefix).
+        num_samples: probe size (at least 2; None: the whole set), drawn deterministically with
+            ``seed`` (the same subsample ``dlr_hf.evaluate`` draws, so the two agree).
+        every_n_steps: also measure every N ≥ 1 optimiser steps (logged without prefix).
         layer: layer-wise D_LR (module path of any ``nn.Linear``).
         baselines: also S_init, ‖θ‖² and ‖θ − θ0‖/‖θ0‖ (keeps a CPU copy of the initial parameters).
         batch_size: probe batch size (default: the eval batch size).
+        rtol: relative singular-value cut-off of the numerical ranks, in [1e-8, 1).
         write_files: at train end write ``dlr_history.json``, ``dlr_history.csv`` and
             ``dlr_trajectory.png`` into ``output_dir``.
+
+    Raises:
+        InvalidArgumentError: a setting out of range, here rather than mid-run.
     """
 
     def __init__(
@@ -104,19 +159,22 @@ class DLRCallback(TrainerCallback, ExportableState):
         write_files: bool = True,
     ) -> None:
         self.probe_dataset = probe_dataset
-        self.num_samples = num_samples
-        self.every_n_steps = every_n_steps
-        self.seed = seed
+        self.num_samples = _probe_size(num_samples)
+        self.every_n_steps = None if every_n_steps is None else _every_n_steps(every_n_steps)
+        self.seed = validate_seed(seed)
         self.layer = layer
         self.baselines = baselines
-        self.batch_size = batch_size
-        self.rtol = rtol
+        self.batch_size = None if batch_size is None else validate_batch_size(batch_size)
+        self.rtol = validate_rtol(rtol)
         self.write_files = write_files
         self.history: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
         self.trainer: Trainer | None = None
         self._probes: dict[str, _Probe] = {}
         self._head: HeadInfo | None = None
         self._initial_parameters: dict[str, torch.Tensor] | None = None
+        self._has_reference = False  # training began with baselines: θ0 was taken or is known to be lost
+        self._keys: dict[str, list[str]] = {}
 
     # -- wiring --------------------------------------------------------------------------------
     def set_trainer(self, trainer: Trainer) -> None:
@@ -144,27 +202,24 @@ class DLRCallback(TrainerCallback, ExportableState):
 
     # -- events --------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.trainer is None:  # a copy the Trainer made from a checkpoint (restore_callback_states_from_checkpoint)
+            self.trainer = _calling_trainer()
         trainer = self._require_trainer()
+        # Settings errors surface here, before the first step, not as a failed measurement mid-run.
+        if self.layer is not None:
+            _check_layer(trainer.model, self.layer)
+        names = self._probe_names(trainer)
+        for name in names:
+            self._probe(name)
         self._restore_history(state)
-        reference = Path(args.output_dir) / REFERENCE_FILE.format(rank=args.process_index)
-        if self.baselines and reference.exists() and state.global_step > 0:
-            saved = torch.load(reference, weights_only=True)
-            self._initial_parameters = saved["parameters"]
-            for name, features in saved["features"].items():
-                self._probe(name).initial_features = features
-            return
         if not self.baselines:
             return
-        self._initial_parameters = parameter_snapshot(trainer.model)
-        for name in self._probe_names(trainer):
-            recorder = _Recorder()
-            self._stream(name, consumers=(recorder,))
-            self._probe(name).initial_features = recorder.features
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {"parameters": self._initial_parameters, "features": {n: p.initial_features for n, p in self._probes.items()}},
-            reference,
-        )
+        self._has_reference = True
+        reference = Path(args.output_dir) / REFERENCE_FILE.format(rank=args.process_index)
+        if state.global_step == 0:
+            self._record_reference(names, reference)
+        else:  # θ0 is the model at step 0: a resumed checkpoint must never become the reference
+            self._load_reference(reference)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.every_n_steps and state.global_step % self.every_n_steps == 0:
@@ -184,55 +239,174 @@ class DLRCallback(TrainerCallback, ExportableState):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.write_files and state.is_world_process_zero and self.history:
-            write_history(self.history, Path(args.output_dir), state.log_history)
+            try:
+                write_history(self.history, Path(args.output_dir), state.log_history)
+            except OSError as error:
+                self._warn(f"DLRCallback could not write its history files into {args.output_dir}: {error}")
 
     # -- measuring -----------------------------------------------------------------------------
     def _measure_and_log(self, name: str, prefix: str) -> None:
+        """Measure probe ``name``; publish what could be measured, record the rest as missing."""
         trainer = self.trainer
+        problems: list[str] = []
+        values: dict[str, float] = {}
         initial = self._probe(name).initial_features if self.baselines else None
-        pairing = (_PairWithInitial(initial),) if initial is not None else ()
-        result = self._stream(name, consumers=pairing)
-        logs: dict[str, float] = {
-            f"{prefix}dlr": result.dlr,
-            f"{prefix}dlr_rank": float(result.rank),
-            f"{prefix}effective_rank": result.effective_rank,
-        }
-        if result.nc1 is not None:
-            logs[f"{prefix}nc1"] = result.nc1
-        if result.accuracy is not None:
-            logs[f"{prefix}probe_accuracy"] = result.accuracy
+        pairing = _PairWithInitial(initial) if initial is not None else None
+        accumulator = self._attempt(problems, "D_LR", lambda: self._stream(name, (pairing,) if pairing else ()))
+        paired = accumulator is not None and pairing is not None and pairing.finish() is None
+        # Decide together before any data collective: a rank that failed alone would leave the others waiting.
+        dlr_everywhere, paired_everywhere = self._agree(accumulator is not None, paired)
+        result: DLRResult | None = None
+        if dlr_everywhere:
+            result = self._attempt(problems, "D_LR", lambda: self._pool_and_compute(accumulator))
+        elif accumulator is not None:
+            problems.append("D_LR: another process could not measure it (see that process's log)")
+        if result is not None:
+            values.update(dlr=result.dlr, dlr_rank=float(result.rank))
+            optional = {"effective_rank": result.effective_rank, "nc1": result.nc1, "probe_accuracy": result.accuracy}
+            values.update({key: value for key, value in optional.items() if value is not None})
         if self.baselines:
-            logs[f"{prefix}param_norm"] = parameter_norm(trainer.model)
-            if self._initial_parameters is not None:
-                logs[f"{prefix}param_change"] = parameter_change(trainer.model, self._initial_parameters)
-            if pairing:
-                cka = pairing[0].cka
-                pool_across_processes(trainer.accelerator, cka)
-                logs[f"{prefix}s_init"] = cka.compute()
-        if result.degenerate:
-            logs[f"{prefix}dlr_degenerate"] = 1.0
-        self.history.append({"step": trainer.state.global_step, "epoch": trainer.state.epoch, "probe": name, **logs})
-        trainer.log(dict(logs))
+            values["param_norm"] = parameter_norm(trainer.model)
+        if self.baselines and self._has_reference:  # (not in an evaluate() before any training)
+            if self._initial_parameters is None:
+                problems.append("param_change: the initial parameters are lost")
+            else:
+                initial_parameters = self._initial_parameters
+                change = self._attempt(problems, "param_change", lambda: parameter_change(trainer.model, initial_parameters))
+                if change is not None:
+                    values["param_change"] = change
+            if paired_everywhere:
+                s_init = self._attempt(problems, "S_init", lambda: self._pool_and_compare(pairing))
+                if s_init is not None:
+                    values["s_init"] = s_init
+            elif pairing is None:
+                problems.append(f"S_init: no initial features of probe {name!r}")
+            elif accumulator is not None:
+                problems.append(pairing.problem or "S_init: another process could not measure it (see that process's log)")
+        problems += [f"{key} is not finite ({value})" for key, value in values.items() if not math.isfinite(value)]
+        self._publish(name, prefix, values, problems, degenerate=result is not None and result.degenerate)
 
-    def _stream(self, name: str, consumers: tuple = ()):
-        """One pass of the current model over probe ``name``; returns its DLRResult."""
+    def _publish(self, name: str, prefix: str, values: dict[str, float], problems: list[str], degenerate: bool) -> None:
+        """Finite values go to ``trainer.log``; the history row has every expected key, NaN if missing."""
+        trainer = self.trainer
+        expected = ["dlr", "dlr_rank", "effective_rank"]
+        if self.baselines:
+            expected += ["param_norm", "param_change", "s_init"] if self._has_reference else ["param_norm"]
+        keys = list(dict.fromkeys(expected + self._keys.get(name, []) + list(values)))
+        if not problems:
+            self._keys[name] = list(values)
+        row = {f"{prefix}{key}": _finite_or_missing(values.get(key, MISSING)) for key in keys}
+        logs = {key: value for key, value in row.items() if not math.isnan(value)}
+        if degenerate:
+            row[f"{prefix}dlr_degenerate"] = logs[f"{prefix}dlr_degenerate"] = 1.0
+        step = trainer.state.global_step
+        if problems:
+            row["warning"] = "; ".join(problems)
+            self._warn(
+                f"DLRCallback, step {step}, probe {name!r}: {row['warning']}. Recorded as missing "
+                "(NaN in the history, left out of trainer.log); training continues."
+            )
+        self.history.append({"step": step, "epoch": trainer.state.epoch, "probe": name, **row})
+        if logs:
+            trainer.log(dict(logs))
+
+    def _stream(self, name: str, consumers: tuple[SampleConsumer, ...]) -> DLRAccumulator:
+        """This process's pass of the current model over probe ``name``, not yet pooled (no collective)."""
         trainer = self.trainer
         model = trainer.model
         probe = self._probe(name)
+        if len(probe.loader.dataset) == 0:
+            raise TooFewSamplesError(
+                f"this process has no example of probe {name!r} (a probe needs at least 2 examples and "
+                "at least one per process)"
+            )
         device = input_device(model, trainer.accelerator)
         was_training = model.training
         model.eval()
         try:
             if self._head is None:
                 self._head = find_head(model, probe.loader, device)
-            accumulator = stream_statistics(
+            return stream_statistics(
                 model, probe.loader, self._head, trainer.accelerator,
                 layer=self.layer, num_classes=self._head.num_outputs, rtol=self.rtol, progress=False,
-                consumers=consumers,
+                consumers=consumers, pool=False,
             )
-            return accumulator.compute(head_weight=None if self.layer else read_head_weight(self._head))
         finally:
             model.train(was_training)
+
+    def _pool_and_compute(self, accumulator: DLRAccumulator) -> DLRResult:
+        pool_across_processes(self.trainer.accelerator, accumulator)
+        return accumulator.compute(head_weight=None if self.layer else read_head_weight(self._head))
+
+    def _pool_and_compare(self, pairing: _PairWithInitial) -> float:
+        pool_across_processes(self.trainer.accelerator, pairing.cka)
+        return pairing.cka.compute()
+
+    def _agree(self, *succeeded: bool) -> list[bool]:
+        """Whether each step succeeded on every process: one all-reduce, so all ranks decide alike."""
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes == 1:
+            return list(succeeded)
+        failed = torch.tensor([0.0 if ok else 1.0 for ok in succeeded], device=accelerator.device)
+        return [count == 0 for count in accelerator.reduce(failed, "sum").tolist()]
+
+    def _attempt(self, problems: list[str], what: str, action: Callable[[], _T]) -> _T | None:
+        """``action()``, or None with the reason appended to ``problems`` if the measurement failed."""
+        try:
+            return action()
+        except MEASUREMENT_ERRORS as error:
+            log.debug("DLRCallback: %s failed", what, exc_info=True)
+            problems.append(f"{what}: {type(error).__name__}: {error}")
+            return None
+
+    def _warn(self, message: str) -> None:
+        log.warning(message)
+        self.warnings.append(message)
+
+    # -- the initial reference (θ0 and its probe features, for S_init and param_change) ----------
+    def _record_reference(self, names: list[str], reference: Path) -> None:
+        """Snapshot the model at step 0 and its probe features; keep them in ``output_dir`` for resumes."""
+        self._initial_parameters = parameter_snapshot(self.trainer.model)
+        for name in names:
+            recorder = _Recorder()
+            problems: list[str] = []
+            if self._attempt(problems, "initial features", lambda: self._stream(name, (recorder,))) is None:
+                self._warn(
+                    f"DLRCallback could not record probe {name!r} at step 0 ({'; '.join(problems)}); "
+                    "S_init will be missing for this run"
+                )
+            else:
+                self._probe(name).initial_features = recorder.features
+        features = {name: probe.initial_features for name, probe in self._probes.items() if probe.initial_features}
+        try:
+            reference.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"parameters": self._initial_parameters, "features": features}, reference)
+        except OSError as error:
+            self._warn(
+                f"DLRCallback could not write {reference} ({error}); S_init and param_change will be missing "
+                "if this run is resumed"
+            )
+
+    def _load_reference(self, reference: Path) -> None:
+        """The step-0 reference of a resumed run, or a warning that S_init and param_change stay missing."""
+        try:
+            saved = torch.load(reference, weights_only=True)
+            problem = None if _is_reference(saved) else "does not hold a DLRCallback reference"
+        except FileNotFoundError:
+            problem = "does not exist"
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+            problem = f"cannot be read ({type(error).__name__}: {(str(error).splitlines() or ['empty or truncated'])[0]})"
+        if problem is not None:
+            self._warn(
+                f"DLRCallback: the initial reference {reference} {problem}. S_init and param_change are "
+                "reported missing for the rest of this run (a resumed checkpoint is not the initial model, "
+                "so no new reference is taken)."
+            )
+            return
+        self._initial_parameters = saved["parameters"]
+        for name, features in saved["features"].items():
+            if name in self._probes:
+                self._probes[name].initial_features = features
 
     # -- probes --------------------------------------------------------------------------------
     def _probe_names(self, trainer: Trainer) -> list[str]:
@@ -255,7 +429,9 @@ class DLRCallback(TrainerCallback, ExportableState):
         if dataset is None:
             dataset = trainer.train_dataset
         if dataset is None:
-            raise ValueError("DLRCallback needs a probe: pass probe_dataset= or give the Trainer an eval or train dataset")
+            raise InvalidArgumentError(
+                "DLRCallback needs a probe: pass probe_dataset= or give the Trainer an eval or train dataset"
+            )
         indices = subsample_indices(len(dataset), self.num_samples, self.seed)
         if hasattr(dataset, "select"):  # a datasets.Dataset: drop the columns the model does not take
             probe = trainer._remove_unused_columns(dataset.select(indices), description="D_LR probe")
@@ -267,9 +443,23 @@ class DLRCallback(TrainerCallback, ExportableState):
         return DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=trainer.data_collator)
 
     def _restore_history(self, state: TrainerState) -> None:
+        """Take the history back from a resumed checkpoint, and make sure the next one can save it."""
+        name = type(self).__name__
+        if state.stateful_callbacks is None:
+            state.stateful_callbacks = {}
+        saved = state.stateful_callbacks.get(name)
+        if saved is None:
+            # Trainer._save_checkpoint updates this entry in place: a checkpoint saved without the
+            # callback has none, and the next save would raise KeyError.
+            state.stateful_callbacks[name] = self.state()
+            if state.global_step > 0:
+                self._warn(
+                    "DLRCallback: the resumed checkpoint has no DLRCallback state; its history starts at "
+                    f"step {state.global_step}"
+                )
+            return
         if self.history:
             return
-        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if isinstance(saved, list):
             saved = saved[0] if saved else None
         if saved:
@@ -283,8 +473,42 @@ class DLRCallback(TrainerCallback, ExportableState):
         return self.trainer
 
 
+def _probe_size(value: Any) -> int | None:
+    """``num_samples``: None (the whole probe set) or a whole number ≥ 2, as D_LR needs 2 samples."""
+    number = validate_num_samples(value)
+    if number is not None and number < 2:
+        raise InvalidArgumentError(f"DLRCallback(num_samples={number}): D_LR needs at least 2 samples")
+    return number
+
+
+def _every_n_steps(value: Any) -> int:
+    """``every_n_steps``: a whole number ≥ 1 (None, the default, measures at evaluations only)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidArgumentError(f"DLRCallback(every_n_steps={value!r}): must be a whole number ≥ 1, or None")
+    return int(value)
+
+
+def _check_layer(model: nn.Module, layer: str) -> None:
+    """``layer=`` must name a linear layer (nn.Linear, or GPT-2's Conv1D) of the model being trained."""
+    module = dict(model.named_modules()).get(layer)
+    if not isinstance(module, (nn.Linear, Conv1D)):
+        what = "does not exist" if module is None else f"is a {type(module).__name__}, not a linear layer"
+        raise LayerNotFoundError(
+            f"DLRCallback(layer={layer!r}): that module {what} in {type(model).__name__}; pass the module "
+            "path of an nn.Linear (see model.named_modules())"
+        )
+
+
+def _is_reference(saved: Any) -> bool:
+    return isinstance(saved, dict) and isinstance(saved.get("parameters"), dict) and isinstance(saved.get("features"), dict)
+
+
+def _finite_or_missing(value: float) -> float:
+    return value if math.isfinite(value) else MISSING
+
+
 def _calling_trainer() -> Trainer | None:
-    """The Trainer whose __init__ is running (it fires on_init_end), found on the call stack."""
+    """The Trainer whose ``__init__`` (on_init_end) or ``train`` (on_train_begin) is running, from the call stack."""
     frame = inspect.currentframe()
     while frame is not None:
         candidate = frame.f_locals.get("self")

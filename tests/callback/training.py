@@ -31,7 +31,11 @@ def accuracy(prediction) -> dict[str, float]:
     return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
 
 
-def make_trainer(output_dir: Path, *, max_steps: int = 30, eval_steps: int = 10, report_to=(), callback=None, eval_dict=False, **extra):
+def make_trainer(
+    output_dir: Path, *, max_steps: int = 30, eval_steps: int = 10, report_to=(), callback=None, eval_dict=False,
+    with_dlr: bool = True, extra_callbacks=(), **extra,
+):
+    """``callback`` (default a fresh DLRCallback) unless ``with_dlr`` is False, after ``extra_callbacks``."""
     torch.set_num_threads(1)
     data = digits_dataset()
     processor = image_processor()
@@ -60,14 +64,25 @@ def make_trainer(output_dir: Path, *, max_steps: int = 30, eval_steps: int = 10,
         eval_dataset={"digits": evaluation, "again": evaluation} if eval_dict else evaluation,
         processing_class=processor,
         compute_metrics=accuracy,
-        callbacks=[callback or DLRCallback()],
+        callbacks=[*extra_callbacks, *([callback or DLRCallback()] if with_dlr else [])],
     )
 
 
 if __name__ == "__main__":
+    # training.py OUTPUT [PROBE_SIZE]: with PROBE_SIZE, the callback's probe is the first PROBE_SIZE
+    # test examples, and every process writes what its callback warned and recorded.
     output = Path(sys.argv[1])
-    trainer = make_trainer(output, max_steps=10, eval_steps=5)
+    probe_size = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    callback = None
+    if probe_size is not None:
+        probe = with_pixels(digits_dataset()["test"].select(range(probe_size)), image_processor())
+        callback = DLRCallback(probe_dataset=probe)
+    trainer = make_trainer(output, max_steps=10, eval_steps=5, callback=callback)
     trainer.train()
     if trainer.is_world_process_zero():
         record = {"world_size": trainer.args.world_size, "log_history": trainer.state.log_history}
         (output / "log_history.json").write_text(json.dumps(record))
+    if callback is not None:
+        rank = trainer.args.process_index
+        record = {"global_step": trainer.state.global_step, "warnings": callback.warnings, "history": callback.history}
+        (output / f"callback_rank{rank}.json").write_text(json.dumps(record))
