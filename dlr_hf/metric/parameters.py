@@ -16,8 +16,11 @@ def parameter_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def parameter_norm(model: nn.Module) -> float:
-    """``‖θ‖²`` over all parameters, summed in float64."""
-    return float(sum(param.detach().double().pow(2).sum().cpu() for param in model.parameters()))
+    """``‖θ‖²`` over all parameters, accumulated in float64 without a float64 copy of any parameter."""
+    total = torch.zeros((), dtype=torch.float64)
+    for param in model.parameters():
+        total += torch.linalg.vector_norm(param.detach(), dtype=torch.float64).cpu() ** 2
+    return float(total)
 
 
 def parameter_change(model: nn.Module, initial: dict[str, torch.Tensor]) -> float:
