@@ -218,8 +218,8 @@ class DLRAccumulator(MergeableState):
     def update(self, features: Any, logits: Any = None, labels: Any = None) -> None:
         """Add a batch: features (n×p), logits (n×C or n) and labels (n; class indices, <0 = none).
 
-        Raises NonFiniteError (and adds nothing) if any sample is NaN, infinite or too large for
-        float64 statistics.
+        Raises NonFiniteError (and adds nothing) if any streamed value (features, and logits when
+        outputs are tracked) is NaN, infinite or too large for float64 statistics.
         """
         features = _as_matrix(features, "features")
         n = features.shape[0]
@@ -233,7 +233,9 @@ class DLRAccumulator(MergeableState):
                 "this accumulator tracks outputs, so update() needs logits; create it with "
                 "track_outputs=False to stream features only and pass head_weight to compute()"
             )
-        _check_values(features, logits)
+        # Without tracked outputs, logits only score accuracy: ΦWᵀ + b is finite when Φ and W are,
+        # and W is checked once in compute(), so the n×C logits (vocabulary-wide) are not scanned.
+        _check_values(features, logits if self.track_outputs else None)
         if self.moments is None:
             if self._device is None:
                 self._device = features.device

@@ -85,11 +85,15 @@ class Poison(TrainerCallback):
 
 
 @pytest.mark.parametrize(
-    "parameter, value",
-    [("vit.layernorm.weight", float("nan")), ("classifier.weight", float("inf"))],
+    "parameter, value, missing",
+    [
+        ("vit.layernorm.weight", float("nan"), OURS),
+        # The head's input is still finite, so S_init (a feature statistic) stays measurable.
+        ("classifier.weight", float("inf"), tuple(key for key in OURS if key != "s_init")),
+    ],
     ids=["nan-features", "inf-head-weight"],
 )
-def test_diverging_run_trains_to_the_end(tmp_path, caplog, parameter, value):
+def test_diverging_run_trains_to_the_end(tmp_path, caplog, parameter, value, missing):
     callback = DLRCallback(num_samples=64)
     trainer = make_trainer(
         tmp_path, max_steps=15, eval_steps=5, callback=callback, extra_callbacks=[Poison(parameter, value, at_step=10)]
@@ -98,7 +102,7 @@ def test_diverging_run_trains_to_the_end(tmp_path, caplog, parameter, value):
     assert trainer.state.global_step == 15
     assert all(math.isfinite(row_at(callback, 5)[f"eval_{key}"]) for key in OURS)
     for step in (10, 15):
-        assert_missing(callback, trainer, step, OURS)
+        assert_missing(callback, trainer, step, missing)
         assert "NonFiniteError" in row_at(callback, step)["warning"]
     messages = warnings_of(caplog)
     assert [m for m in messages if "step 10" in m and "NonFiniteError" in m]
@@ -161,6 +165,20 @@ def test_lost_reference_stays_missing_after_resume(run_to_step_10, tmp_path, cap
         assert {"eval_dlr", "eval_param_norm"} <= logged_keys(trainer, step)
     assert (reference.read_bytes() if reference.exists() else None) == damaged  # no new θ0 written
     assert [m for m in warnings_of(caplog) if str(reference) in m and "rest of this run" in m]
+
+
+def test_resume_with_callbacks_restored_by_the_trainer(run_to_step_10, tmp_path, caplog):
+    """restore_callback_states_from_checkpoint: the Trainer swaps in a new DLRCallback that it never introduced."""
+    output = tmp_path / "run"
+    shutil.copytree(run_to_step_10, output)
+    trainer = make_trainer(output, max_steps=15, eval_steps=5, restore_callback_states_from_checkpoint=True)
+    trainer.train(resume_from_checkpoint=str(output / "checkpoint-10"))
+    assert trainer.state.global_step == 15
+    (callback,) = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, DLRCallback)]
+    assert [row["step"] for row in callback.history] == [5, 10, 15]
+    assert 0 < row_at(callback, 15)["eval_s_init"] <= 1  # the intact step-0 reference is used
+    assert row_at(callback, 15)["eval_param_change"] > 0
+    assert not warnings_of(caplog)
 
 
 def test_resume_of_a_run_without_the_callback(tmp_path, caplog):
