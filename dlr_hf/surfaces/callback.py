@@ -142,6 +142,11 @@ class DLRCallback(TrainerCallback, ExportableState):
         write_files: at train end write ``dlr_history.json``, ``dlr_history.csv`` and
             ``dlr_trajectory.png`` into ``output_dir``.
 
+    Attributes:
+        history: one row per measurement (step, epoch, probe, values; NaN where a value is missing,
+            with the reason under ``"warning"``).
+        warnings: every warning this process's callback logged, in order.
+
     Raises:
         InvalidArgumentError: a setting out of range, here rather than mid-run.
     """
