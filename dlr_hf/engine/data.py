@@ -17,6 +17,7 @@ import torch
 
 from dlr_hf.engine.settings import require_existing
 from dlr_hf.errors import DatasetLoadError, InputColumnError, ModalityMismatchError
+from dlr_hf.models import CONTENT_TOKENS, WORD_STARTS
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "question", "prompt", "tweet")
 TEXT_PAIRS = (
@@ -29,6 +30,9 @@ TEXT_PAIRS = (
 )
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 AUDIO_COLUMNS = ("audio", "input_values", "speech")
+CHOICE_LISTS = ("choices", "endings", "options", "answers", "candidates")
+NUMBERED_CHOICE = re.compile(r"(?:ending|choice|option|sol)(\d+)$")
+CHOICE_CONTEXTS = ("sent1", "startphrase", "goal", "question", "context", "prompt", "text", "premise", "sentence")
 LABEL_COLUMNS = ("label", "labels", "ner_tags", "fine_label", "coarse_label", "target", "class")
 PREFERRED_SPLITS = ("test", "validation", "valid", "eval", "train")
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
@@ -151,9 +155,10 @@ class ColumnPlan:
 
     inputs: tuple[str, ...]
     labels: str | None
-    kind: str  # text, text_pair, words, token_ids, image, audio
+    kind: str  # text, text_pair, words, token_ids, image, audio, choices
     label_names: dict[str, int] | None = None  # string labels (lower-cased) → class ids, from config.label2id
     warnings: tuple[str, ...] = ()  # for the report: e.g. string labels the model does not know, skipped
+    choices: tuple[str, ...] = ()  # kind "choices": one list-of-strings column, or numbered ones (ending0, …)
 
 
 def _is_string(feature: Any) -> bool:
@@ -181,14 +186,18 @@ def detect_columns(
     input_columns: tuple[str, ...] | list[str] | None = None,
     label_column: str | None = None,
     label2id: Mapping[str, int] | None = None,
+    multiple_choice: bool = False,
 ) -> ColumnPlan:
-    """Find the model's inputs (text, text pairs, words, token ids, images, audio) and the labels.
+    """Find the model's inputs (text, text pairs, words, token ids, images, audio, choices) and the labels.
+
+    A ``multiple_choice`` model needs a context and its choices (SWAG-style ``sent1``, ``sent2``,
+    ``ending0``…, or a context column and a list-of-strings column such as ``choices``).
 
     Labels are class ids, or strings that name the model's classes (``label2id``, any case). A
     label column named by the user that is neither is an error; a detected one is skipped with a
     warning, because D_LR itself never needs labels.
     """
-    plan = _plan_inputs(dataset, modality, input_columns, label_column)
+    plan = _plan_inputs(dataset, modality, input_columns, label_column, multiple_choice)
     if plan.labels is None and label_column is None:
         features = dataset.features
         named = next((c for c in LABEL_COLUMNS if c in features and c not in plan.inputs and _holds_strings(features[c])), None)
@@ -250,6 +259,7 @@ def _plan_inputs(
     modality: str,
     input_columns: tuple[str, ...] | list[str] | None,
     label_column: str | None,
+    multiple_choice: bool = False,
 ) -> ColumnPlan:
     """The input columns and kind; labels here are the named column or a detected class-id column."""
     features = dataset.features
@@ -257,6 +267,8 @@ def _plan_inputs(
         if column not in features:
             raise InputColumnError(f"the dataset has no column {column!r}; it has {', '.join(features)}")
     labels = label_column or next((c for c in LABEL_COLUMNS if c in features and _is_class_ids(features[c])), None)
+    if multiple_choice:
+        return _choice_plan(features, input_columns, labels)
     if input_columns:
         kind = _kind_of(features, tuple(input_columns), modality)
         return ColumnPlan(tuple(input_columns), labels, kind)
@@ -284,6 +296,29 @@ def _plan_inputs(
     if column is None:
         _raise_mismatch(features, modality)
     return ColumnPlan((column,), labels, "text")
+
+
+def _choice_plan(features: Any, input_columns: tuple[str, ...] | list[str] | None, labels: str | None) -> ColumnPlan:
+    """Context and choice columns for a multiple-choice model (each example × choice is one sample)."""
+    columns = list(input_columns or features)
+    numbered = sorted((c for c in columns if NUMBERED_CHOICE.match(c) and _is_string(features[c])),
+                      key=lambda c: int(NUMBERED_CHOICE.match(c).group(1)))
+    listed = [c for c in columns if _is_word_list(features[c]) and (input_columns or c in CHOICE_LISTS)]
+    choices = tuple(numbered) if len(numbered) >= 2 else tuple(listed[:1])
+    if input_columns:
+        context = [c for c in columns if c not in choices and _is_string(features[c])]
+    else:
+        first = next((c for c in CHOICE_CONTEXTS if c in features and _is_string(features[c])), None)
+        # SWAG: the choices continue sent2 ("header"), so it goes before each ending.
+        context = [first, "sent2"] if first == "sent1" and "sent2" in features else [first]
+    if not choices or None in context or not context:
+        raise InputColumnError(
+            "this multiple-choice model needs examples with choices: SWAG-style columns (sent1, sent2, ending0, "
+            "ending1, …) or a context column (question, prompt, text, …) and a column holding a list of choice "
+            f"strings (choices, endings, options); the dataset has {', '.join(features)}. Name them with "
+            "input_columns= (--input-column): the context first, then the choice columns"
+        )
+    return ColumnPlan(tuple(context), labels, "choices", choices=choices)
 
 
 def _kind_of(features: Any, columns: tuple[str, ...], modality: str) -> str:
@@ -351,6 +386,46 @@ def _word_labels(encoding: Any, word_labels: list[list[int]]) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def _position_mask(encoding: Any) -> dict[str, torch.Tensor]:
+    """The positions a per-position head predicts on, by one rule with or without labels (SPEC §1).
+
+    With word ids (fast tokenizers): the first sub-token of each word; otherwise every token that is
+    neither special nor padding. Stored under a key naming the rule; the model never sees it.
+    """
+    content = ~encoding.pop("special_tokens_mask").bool()
+    if "attention_mask" in encoding:
+        content &= encoding["attention_mask"].bool()
+    if not encoding.is_fast:
+        return {CONTENT_TOKENS: content}
+    starts = torch.zeros_like(content)
+    for row in range(content.shape[0]):
+        previous = None
+        for position, word in enumerate(zip(encoding.sequence_ids(row), encoding.word_ids(row))):
+            starts[row, position] = word[1] is not None and word != previous
+            previous = word
+    return {WORD_STARTS: starts & content}
+
+
+def _encode_choices(
+    processor: Any, rows: list[dict[str, Any]], plan: ColumnPlan, text_kwargs: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """(context, header + choice) pairs, encoded flat, then shaped (batch, choices, length) as the model reads them."""
+    firsts, seconds, counts = [], [], set()
+    for row in rows:
+        header = " ".join(str(row[c]) for c in plan.inputs[1:])
+        endings = list(row[plan.choices[0]]) if len(plan.choices) == 1 else [row[c] for c in plan.choices]
+        counts.add(len(endings))
+        firsts += [str(row[plan.inputs[0]])] * len(endings)
+        seconds += [f"{header} {ending}".strip() for ending in endings]
+    if len(counts) != 1 or 0 in counts:
+        raise InputColumnError(
+            f"every example of a multiple-choice batch needs the same number of choices (found {sorted(counts)}); "
+            "use --batch-size 1 (batch_size=1) or a dataset with a fixed number of choices"
+        )
+    encoding, num_choices = processor(firsts, seconds, **text_kwargs), counts.pop()
+    return {key: value.reshape(len(rows), num_choices, -1) for key, value in encoding.items()}
+
+
 def make_collate(
     plan: ColumnPlan, processor: Any, modality: str, *, max_length: int = 512, pad_token_id: int = 0
 ) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
@@ -372,7 +447,11 @@ def make_collate(
         elif plan.kind == "audio":
             arrays = [_audio_array(value) for value in columns[0]]
             rate = getattr(processor, "sampling_rate", None)
-            batch = dict(processor(arrays, sampling_rate=rate, padding=True, return_tensors="pt"))
+            # Whisper-style extractors (n_samples: a fixed chunk, 30 s) feed encoders that read exactly
+            # that many frames, so every clip is padded (or cut) to the chunk; others pad to the longest.
+            chunk = getattr(processor, "n_samples", None)
+            padding = {"padding": "max_length", "max_length": chunk, "truncation": True} if chunk else {"padding": True}
+            batch = dict(processor(arrays, sampling_rate=rate, return_tensors="pt", **padding))
         elif plan.kind == "token_ids":
             width = max(len(ids) for ids in columns[0])
             ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
@@ -384,13 +463,17 @@ def make_collate(
         else:
             limit = min(max_length, getattr(processor, "model_max_length", max_length) or max_length)
             text_kwargs = {"padding": True, "truncation": True, "max_length": limit, "return_tensors": "pt"}
-            if plan.kind == "words":
-                text_kwargs["is_split_into_words"] = True
-            encoding = processor(*columns, **text_kwargs)
-            batch = dict(encoding)
-            if plan.kind == "words" and label_values is not None:
-                batch["labels"] = _word_labels(encoding, label_values)
-                label_values = None
+            if plan.kind == "choices":
+                batch = _encode_choices(processor, rows, plan, text_kwargs)
+            else:
+                if plan.kind == "words":
+                    text_kwargs["is_split_into_words"] = True
+                encoding = processor(*columns, **text_kwargs, return_special_tokens_mask=True)
+                positions = _position_mask(encoding)  # first: it takes special_tokens_mask out of the encoding
+                batch = {**encoding, **positions}
+                if plan.kind == "words" and label_values is not None:
+                    batch["labels"] = _word_labels(encoding, label_values)
+                    label_values = None
         if label_values is not None:
             batch["labels"] = _pad_labels(label_values, batch)
         return batch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,16 @@ from dlr_hf.engine.settings import validate_settings
 from dlr_hf.engine.stream import input_device, make_accelerator, pool_across_processes, stream_statistics
 from dlr_hf.errors import HeadNotFoundError, TooFewSamplesError
 from dlr_hf.metric import DEFAULT_RTOL, LinearCKAAccumulator, parameter_change, parameter_norm, parameter_snapshot
-from dlr_hf.models import FeatureTap, HeadInfo, locate_head, read_head_weight
+from dlr_hf.models import (
+    FeatureTap,
+    HeadInfo,
+    is_multiple_choice,
+    locate_head,
+    model_inputs,
+    read_head_weight,
+    relocate,
+    require_head,
+)
 
 
 def _pad_token_id(model: nn.Module, processor: Any) -> int:
@@ -55,11 +63,11 @@ def build_batches(
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def find_head(model: nn.Module, loader: DataLoader, device: torch.device) -> HeadInfo:
-    """Locate the final Linear with a probe forward on the first two examples."""
+def find_head(model: nn.Module, loader: DataLoader, device: torch.device, layer: str | None = None) -> HeadInfo:
+    """Locate the final Linear with a probe forward on the first two examples (none needed with ``layer``)."""
     first = next(iter(DataLoader(loader.dataset, batch_size=2, collate_fn=loader.collate_fn)))
     with torch.inference_mode():
-        return locate_head(model, {key: value.to(device) for key, value in first.items()})
+        return locate_head(model, {key: value.to(device) for key, value in first.items()}, layer=layer)
 
 
 class _InitialFeatures:
@@ -73,7 +81,7 @@ class _InitialFeatures:
 
     def __call__(self, samples: Any, inputs: dict[str, torch.Tensor]) -> None:
         with FeatureTap(self.reference, self.head, layer=self.layer) as tap:
-            reference = tap.collect(inputs, self.reference(**inputs), labels=None)
+            reference = tap.collect(inputs, self.reference(**model_inputs(inputs)), labels=None)
         self.cka.update(reference.features, samples.features)
 
 
@@ -82,6 +90,8 @@ def locate_like(model: nn.Module, head: HeadInfo, names: tuple[str, str] = ("the
 
     ``names`` (measured model, reference) go into the HeadNotFoundError when the reference differs.
     """
+    if head.module_path is None:  # layer-wise only: no head to find in the reference
+        return head
     try:
         module = model.get_submodule(head.module_path)
     except AttributeError:
@@ -95,7 +105,7 @@ def locate_like(model: nn.Module, head: HeadInfo, names: tuple[str, str] = ("the
             f"{head.module_path!r} (weight shape {shape}), the reference has {what} there; pass the initial "
             "checkpoint of the same architecture and number of classes"
         )
-    return replace(head, module=module)
+    return relocate(head, model)
 
 
 def evaluate(
@@ -157,6 +167,7 @@ def evaluate(
         safetensors_only=safetensors_only,
     )
     net = loaded.model
+    require_head(net)  # a bare base model (BertModel, CLIPModel) is refused before any data error
     if not getattr(net, "hf_device_map", None):
         net.to(accelerator.device)
     device = input_device(net, accelerator)
@@ -165,7 +176,10 @@ def evaluate(
     mark = time.perf_counter()
     data = load_data(dataset, config=dataset_config, split=split, revision=dataset_revision)
     label2id = getattr(getattr(net, "config", None), "label2id", None)
-    plan = detect_columns(data.dataset, loaded.modality, input_columns, label_column, label2id=label2id)
+    plan = detect_columns(
+        data.dataset, loaded.modality, input_columns, label_column,
+        label2id=label2id, multiple_choice=is_multiple_choice(net),
+    )
     loader = build_batches(
         data.dataset, plan, loaded.processor, loaded.modality, net,
         num_samples=num_samples, seed=seed, batch_size=batch_size, max_length=max_length,
@@ -173,7 +187,7 @@ def evaluate(
     num_examples = len(loader.dataset)
     if num_examples < 2:
         raise TooFewSamplesError(f"D_LR needs at least 2 examples; the dataset gives {num_examples}")
-    head = find_head(net, loader, device)
+    head = find_head(net, loader, device, layer)
     # The module-level function, not accelerator.prepare_data_loader: that one keeps a reference to
     # every loader it prepares, so a reused Accelerator (CLI over several models, the app) would grow.
     shard = prepare_data_loader(
@@ -232,6 +246,7 @@ def evaluate(
             "module_path": head.module_path,
             "selection": head.selection,
             "between": head.between,
+            "positions": head.positions,
             "layer": layer,
             "feature_dim": result.feature_dim,
             "num_outputs": result.num_outputs,
@@ -248,6 +263,6 @@ def evaluate(
             "device_map": device_map if isinstance(device_map, (str, type(None))) else "custom",
         },
         timings=timings,
-        warnings=loaded.warnings + list(plan.warnings) + result.warnings,
+        warnings=loaded.warnings + list(plan.warnings) + list(head.notices) + result.warnings,
     )
 

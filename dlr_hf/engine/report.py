@@ -8,9 +8,12 @@ Top-level keys:
 * ``model`` — ``id``, ``revision``, ``commit`` (Hub checkpoints), ``path`` (local), ``class``, ``dtype``
 * ``dataset`` — ``id``, ``config``, ``split``, ``revision``, ``fingerprint``, ``num_rows``,
   ``input_columns``, ``label_column``, ``num_examples`` (rows evaluated)
-* ``head`` — ``module_path`` of the final Linear, ``selection`` (pooled / per_position /
-  selected_position), ``between`` (what sits between the last hidden state and the head),
-  ``layer`` (layer-wise mode: the tapped Linear), ``feature_dim`` (p), ``num_outputs`` (C)
+* ``head`` — ``module_path`` of the final Linear (null: none makes the logits, layer-wise only),
+  ``selection`` (pooled / per_position / selected_position / per_choice), ``between`` (what sits
+  between the last hidden state and the head), ``positions`` (per-position heads: which positions
+  are samples, e.g. "first sub-token of each word (special tokens and padding excluded)"),
+  ``layer`` (layer-wise mode: the tapped Linear), ``feature_dim`` (p), ``num_outputs`` (C);
+  notices about the head (soft-capping, a logit scale, averaged heads, a wrapper) are in ``warnings``
 * ``result`` — every field of ``DLRResult``: ``dlr``, ``cka``, ``rank``, ``feature_rank``,
   ``num_samples`` (n, one per prediction), ``spectrum`` (ρ_k), ``utilisation`` (U(k)), ``quality``
   (Q(k), labels only), ``pi`` (π_k), ``effective_rank``, ``nc1``, ``accuracy``, ``class_counts``, …

@@ -18,10 +18,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlr_hf.metric import DLRAccumulator, LinearCKAAccumulator
-from dlr_hf.models import FeatureTap, HeadInfo, Samples
+from dlr_hf.models import FeatureTap, HeadInfo, Samples, model_inputs  # model_inputs: labels and position masks stay out
 
 SampleConsumer = Callable[[Samples, dict[str, torch.Tensor]], None]
-"""Also sees every batch's samples and inputs (e.g. to stream CKA against the initial model)."""
+"""Also sees every batch's samples and the batch (e.g. to stream CKA against the initial model);
+``model_inputs(batch)`` are its forward arguments."""
 
 
 def launched_on_cpu_only() -> bool:
@@ -46,11 +47,6 @@ def make_accelerator(precision: str = "fp32", cpu: bool = False) -> Accelerator:
         cpu=cpu or launched_on_cpu_only(),
         dataloader_config=DataLoaderConfiguration(even_batches=False),
     )
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Everything the forward takes: labels stay out, so the model computes no loss."""
-    return {key: value for key, value in batch.items() if key != "labels"}
 
 
 def input_device(model: nn.Module, accelerator: Accelerator) -> torch.device:
@@ -99,11 +95,11 @@ def stream_statistics(
     with tap, torch.inference_mode(), autocast:
         for batch in bar:
             batch = {key: value.to(device) for key, value in batch.items()}
-            inputs = model_inputs(batch)
-            samples = tap.collect(inputs, model(**inputs), labels=batch.get("labels"))
+            # The tap and the consumers see the whole batch: its position masks pick token samples.
+            samples = tap.collect(batch, model(**model_inputs(batch)), labels=batch.get("labels"))
             accumulator.update(samples.features, samples.outputs, samples.labels)
             for consume in consumers:
-                consume(samples, inputs)
+                consume(samples, batch)
     if pool:
         pool_across_processes(accelerator, accumulator)
     return accumulator

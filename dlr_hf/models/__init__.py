@@ -3,9 +3,30 @@
 ``locate_head`` identifies the nn.Linear that produces the logits with one probe forward;
 ``FeatureTap`` collects (features, outputs, labels) samples from ordinary forwards, in head or
 layer-wise mode; ``read_head_weight`` reads the head's weight even when accelerate offloads it.
+``positions`` holds the batch keys that say which token positions are samples.
 """
 
-from dlr_hf.models.head import HeadInfo, locate_head, read_head_weight
+from dlr_hf.models.head import (
+    HeadInfo,
+    is_multiple_choice,
+    locate_head,
+    read_head_weight,
+    relocate,
+    require_head,
+)
+from dlr_hf.models.positions import CONTENT_TOKENS, WORD_STARTS, model_inputs
 from dlr_hf.models.tap import FeatureTap, Samples
 
-__all__ = ["FeatureTap", "HeadInfo", "Samples", "locate_head", "read_head_weight"]
+__all__ = [
+    "CONTENT_TOKENS",
+    "WORD_STARTS",
+    "FeatureTap",
+    "HeadInfo",
+    "Samples",
+    "is_multiple_choice",
+    "locate_head",
+    "model_inputs",
+    "read_head_weight",
+    "relocate",
+    "require_head",
+]

@@ -18,9 +18,7 @@ from transformers.pytorch_utils import Conv1D
 
 from dlr_hf.errors import HeadNotFoundError, LayerNotFoundError, ShapeMismatchError
 from dlr_hf.models.head import HeadInfo, model_logits, select_positions
-
-# Label value transformers' losses ignore (sub-word continuations, special tokens).
-IGNORE_INDEX = -100
+from dlr_hf.models.positions import kept_positions
 
 
 @dataclass(frozen=True)
@@ -73,59 +71,73 @@ class FeatureTap:
     """Hooks a model so that each forward yields D_LR samples via `collect`.
 
     Head mode (`layer=None`): features = the head's input, outputs = the head's own output (before
-    any soft-capping of the logits). Layer-wise mode: features = the input of `layer` (any linear
-    layer), outputs = the model's logits, selected like the head's predictions. When that layer
-    sees (B, T, d) while predictions are one per example, the features are taken at the selected
-    position for "selected_position" heads and are otherwise the mean over non-padding positions
-    (all positions, and any spatial dims, when no attention_mask of shape (B, T) is given). If the
-    layer runs several times per forward (shared weights), its last call is used.
+    any soft-capping of the logits); for averaged heads (DeiT) the inputs side by side and the
+    mean output. Layer-wise mode: features = the input of `layer` (any linear layer), outputs = the
+    model's logits, selected like the head's predictions. When that layer sees (B, T, d) while
+    predictions are one per example, the features are taken at the selected position for
+    "selected_position" heads and are otherwise the mean over non-padding positions (all
+    positions, and any spatial dims, when no attention_mask of shape (B, T) is given). If the layer
+    runs several times per forward (shared weights), its last call is used.
 
+    Samples: one per example for pooled heads, one per (example, choice) for multiple choice, and
+    for per-position heads the positions of `kept_positions` (never chosen by the labels).
     Labels: pooled and selected-position heads return integer labels of shape (B,) and None for
-    other labels (regression, multi-label); token classification drops the positions labelled -100;
-    language-model heads (the model's output embeddings) always return None, as next tokens are
-    not class labels.
+    other labels (regression, multi-label); token classification returns the labels at the kept
+    positions (-100 there means unlabelled); language-model heads and multiple choice return None,
+    as next tokens and correct-choice indices are not classes of the outputs.
     """
 
     def __init__(self, model: nn.Module, head: HeadInfo, layer: str | None = None) -> None:
         self.model, self.head, self.layer = model, head, layer
         self._layer_module = None if layer is None else _find_layer(model, layer)
+        if layer is None and not head.linears:
+            raise HeadNotFoundError(
+                f"No linear head makes the logits of {type(model).__name__}, so head-mode D_LR has no "
+                "features; pass layer=<path of an nn.Linear> for layer-wise D_LR."
+            )
         get_output_embeddings = getattr(model, "get_output_embeddings", None)
-        self._is_lm_head = callable(get_output_embeddings) and get_output_embeddings() is head.module
-        self._head: _Capture | None = None
+        self._is_lm_head = (
+            head.module is not None and callable(get_output_embeddings) and get_output_embeddings() is head.module
+        )
+        self._heads: list[_Capture] = []
         self._layer: _Capture | None = None
 
     def __enter__(self) -> FeatureTap:
         if self._layer_module is None:
-            self._head = _Capture(self.head.module, keep_input=True, keep_output=True)
+            self._heads = [_Capture(module, keep_input=True, keep_output=True) for _, module in self.head.linears]
         else:
             self._layer = _Capture(self._layer_module, keep_input=True, keep_output=False)
             if self.head.selection == "selected_position":
-                self._head = _Capture(self.head.module, keep_input=False, keep_output=True)
+                self._heads = [_Capture(self.head.module, keep_input=False, keep_output=True)]
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for capture in (self._head, self._layer):
-            if capture is not None:
-                capture.handle.remove()
-                capture.release()
-        self._head = self._layer = None
+        for capture in self._captures():
+            capture.handle.remove()
+            capture.release()
+        self._heads, self._layer = [], None
+
+    def _captures(self) -> list[_Capture]:
+        return self._heads + ([] if self._layer is None else [self._layer])
 
     def collect(self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None = None) -> Samples:
-        """The samples of the forward just run on `inputs` (which returned `out`); frees the captures."""
-        if self._head is None and self._layer is None:
+        """The samples of the forward just run on `inputs` (which returned `out`); frees the captures.
+
+        `inputs` may be the whole batch: position masks in it (see ``dlr_hf.models.positions``) pick
+        the positions of token classification.
+        """
+        if not self._captures():
             raise RuntimeError("FeatureTap.collect must be called inside `with FeatureTap(...)`.")
         try:
             return self._collect(inputs, out, labels)
         finally:
-            for capture in (self._head, self._layer):
-                if capture is not None:
-                    capture.release()
+            for capture in self._captures():
+                capture.release()
 
     def _collect(self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None) -> Samples:
-        head_out = None if self._head is None else self._head.output
-        if self._head is not None and head_out is None:
+        if any(capture.output is None for capture in self._heads):
             raise HeadNotFoundError(
                 f"The head {self.head.module_path!r} did not run in the last forward; call collect "
                 "once after each model(**inputs), on the model the head was located in."
@@ -137,6 +149,9 @@ class FeatureTap:
             )
         logits = model_logits(out, self.head.logits_key)
         device = logits.device
+        head_out = None
+        if self._heads:
+            head_out = sum(capture.output.to(device) for capture in self._heads) / len(self._heads)
         mask = inputs.get("attention_mask")
         mask = None if mask is None else mask.to(device).bool()
         if labels is not None:
@@ -144,12 +159,19 @@ class FeatureTap:
 
         selection = self.head.selection
         if self._layer is None:
-            features, outputs = self._head.input.to(device), head_out.to(device)
+            features = torch.cat([capture.input.to(device) for capture in self._heads], dim=-1)
+            outputs = head_out
         else:
             features, outputs = self._layer.input.to(device), logits
 
         if selection == "per_position":
-            return self._per_position(features, outputs, mask, labels)
+            return self._per_position(features, outputs, inputs, labels)
+        if selection == "per_choice":
+            if self._layer is not None:
+                outputs = logits.reshape(-1, 1)
+            if mask is not None and mask.ndim == 3:
+                mask = mask.reshape(-1, mask.shape[-1])
+            labels = None
         if selection == "selected_position":
             positions = select_positions(head_out, logits, mask)
             if positions is None:
@@ -176,24 +198,25 @@ class FeatureTap:
         self,
         features: torch.Tensor,
         outputs: torch.Tensor,
-        mask: torch.Tensor | None,
+        inputs: Mapping[str, Any],
         labels: torch.Tensor | None,
     ) -> Samples:
-        """Rows of (B, T, ·) tensors at non-padding (and, for token classification, labelled) positions."""
+        """Rows of (B, T, ·) tensors at the kept positions; labels never decide which positions."""
         grid = outputs.shape[:2]
         if features.shape[:2] != grid:
             raise ShapeMismatchError(
                 f"Layer {self.layer!r} sees inputs of shape {tuple(features.shape)}, which do not line up "
                 f"with the per-position logits {tuple(outputs.shape)}; pick a layer that runs on every token."
             )
+        name, mask, _ = kept_positions(self.model, self._is_lm_head, inputs)
         keep = torch.ones(grid, dtype=torch.bool, device=outputs.device)
         if mask is not None:
             if mask.shape != grid:
                 raise ShapeMismatchError(
-                    f"attention_mask has shape {tuple(mask.shape)} but the head predicts on a {tuple(grid)} "
-                    "grid; pass inputs whose mask matches the token positions, or none to use every position."
+                    f"{name} has shape {tuple(mask.shape)} but the head predicts on a {tuple(grid)} grid; "
+                    "pass inputs whose mask matches the predicted positions, or none to use every position."
                 )
-            keep &= mask
+            keep &= mask.to(outputs.device).bool()
         if self._is_lm_head:
             labels = None
         elif labels is not None:
@@ -202,7 +225,6 @@ class FeatureTap:
                     f"Token labels have shape {tuple(labels.shape)}, expected {tuple(grid)} "
                     "(one per position)."
                 )
-            keep &= labels != IGNORE_INDEX
             labels = labels[keep].long()
         return Samples(features=features[keep], outputs=outputs[keep], labels=labels)
 

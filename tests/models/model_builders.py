@@ -55,6 +55,22 @@ _BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
                           conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
                           num_conv_pos_embedding_groups=2, classifier_proj_size=24, num_labels=LABELS)
     ),
+    "deit-teacher": lambda: tf.DeiTForImageClassificationWithTeacher(
+        tf.DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                      image_size=16, patch_size=8, num_labels=LABELS)
+    ),
+    "bert-choice": lambda: tf.BertForMultipleChoice(tf.BertConfig(**TEXT)),
+    "bart-lm": lambda: tf.BartForConditionalGeneration(
+        tf.BartConfig(vocab_size=VOCAB, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, max_position_embeddings=40,
+                      pad_token_id=PAD, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    ),
+    "whisper-audio": lambda: tf.WhisperForAudioClassification(
+        tf.WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=20, decoder_layers=1,
+                         decoder_attention_heads=2, decoder_ffn_dim=20, num_mel_bins=80, max_source_positions=1500,
+                         classifier_proj_size=12, num_labels=LABELS, vocab_size=VOCAB, pad_token_id=PAD,
+                         bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    ),
 }
 
 

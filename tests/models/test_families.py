@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import model_builders as mb
-from dlr_hf.models import FeatureTap, HeadInfo, Samples, locate_head
+from dlr_hf.models import WORD_STARTS, FeatureTap, HeadInfo, Samples, locate_head, model_inputs
 
 TEXT_ROWS = sum(mb.text_batch()["attention_mask"].flatten().tolist())  # non-padding tokens: 21
 
@@ -45,7 +45,7 @@ def batch_for(family: str, kind: str) -> dict[str, torch.Tensor]:
 def tap_once(model: torch.nn.Module, head: HeadInfo, batch: dict, labels: torch.Tensor | None = None):
     """One forward under inference mode, as the engine runs it; returns (samples, model output)."""
     with torch.inference_mode(), FeatureTap(model, head) as tap:
-        out = model(**batch)
+        out = model(**model_inputs(batch))
         return tap.collect(batch, out, labels=labels), out
 
 
@@ -126,24 +126,44 @@ def test_decoder_classification_uses_last_non_pad_token(family: str, left: bool)
         assert not torch.allclose(samples.features, hidden[:, 6])
 
 
-def test_token_classification_drops_ignored_labels() -> None:
+def test_token_classification_positions_do_not_depend_on_labels() -> None:
+    """SPEC §1: labels never pick the samples; -100 at a kept position is just an unlabelled row."""
     model, batch = mb.build("bert-token"), mb.text_batch()
-    head = locate_head(model, {**batch, "labels": torch.zeros(4, 7, dtype=torch.long)})
     mask = batch["attention_mask"].bool()
     labels = torch.randint(0, 3, (4, 7), generator=torch.Generator().manual_seed(5))
     labels[~mask] = -100
     labels[:, 0] = -100  # e.g. [CLS] and sub-word continuations
     labels[1, 3] = -100
-    samples, out = tap_once(model, head, batch, labels=labels)
+    head = locate_head(model, {**batch, "labels": labels})
+    assert head.positions == "every non-padding position (attention_mask)"
+    with_labels, out = tap_once(model, head, batch, labels=labels)
+    without_labels, _ = tap_once(model, head, batch)
 
-    keep = mask & (labels != -100)
-    assert samples.features.shape == (int(keep.sum()), 32) and int(keep.sum()) == TEXT_ROWS - 5
-    assert samples.labels is not None and samples.labels.dtype == torch.long
-    assert torch.equal(samples.labels, labels[keep])
     with torch.no_grad():
         hidden = model.bert(**batch).last_hidden_state
-    torch.testing.assert_close(samples.features, hidden[keep])
-    torch.testing.assert_close(samples.outputs, out.logits[keep])
+    for samples in (with_labels, without_labels):
+        torch.testing.assert_close(samples.features, hidden[mask])
+        torch.testing.assert_close(samples.outputs, out.logits[mask])
+    assert without_labels.labels is None
+    assert with_labels.labels is not None and with_labels.labels.dtype == torch.long
+    assert torch.equal(with_labels.labels, labels[mask]) and int((with_labels.labels == -100).sum()) == 5
+
+
+def test_token_classification_uses_the_position_mask_of_the_batch() -> None:
+    model, batch = mb.build("bert-token"), mb.text_batch()
+    starts = batch["attention_mask"].bool().clone()
+    starts[:, 0] = False  # [CLS]
+    starts[0, 2] = starts[3, 4] = False  # two sub-word continuations
+    head = locate_head(model, {**batch, WORD_STARTS: starts})
+    assert head.positions == "first sub-token of each word (special tokens and padding excluded)"
+    labels = torch.randint(0, 3, (4, 7), generator=torch.Generator().manual_seed(6))
+    samples, out = tap_once(model, head, {**batch, WORD_STARTS: starts}, labels=labels)
+    with torch.no_grad():
+        hidden = model.bert(**batch).last_hidden_state
+    assert samples.features.shape == (TEXT_ROWS - 6, 32)
+    torch.testing.assert_close(samples.features, hidden[starts])
+    torch.testing.assert_close(samples.outputs, out.logits[starts])
+    assert torch.equal(samples.labels, labels[starts])
 
 
 @pytest.mark.parametrize("family", ["gpt2-lm", "llama-lm"])
