@@ -305,12 +305,6 @@ class DLRAccumulator(MergeableState):
         weight = _as_matrix(head_weight, "head_weight")
         if weight.shape[1] != p:
             raise ShapeMismatchError(f"head_weight has {weight.shape[1]} columns but features have dimension {p}")
-        bad = int((~torch.isfinite(weight)).sum())
-        if bad:
-            raise NonFiniteError(
-                f"the head weight has {bad} non-finite entries (NaN/inf) of {weight.numel()}, so its outputs "
-                "are undefined; the model has diverged or its checkpoint is damaged"
-            )
         scale = coordinate_scale(self.moments.mean[:p], self.moments.scatter[:p, :p], n)
         input_floor = rounding_floor(n, coarsest_eps(self.feature_precision), scale)
         float64_floor = rounding_floor(n, torch.finfo(DTYPE).eps, scale)

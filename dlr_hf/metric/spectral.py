@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dlr_hf.errors import NonFiniteError
+
 
 @dataclass(frozen=True)
 class FeatureSpectrum:
@@ -64,8 +66,9 @@ class LearnedFunction:
     num_outputs: int
 
 
-ROW_BLOCK = 4096
-"""Rows of W converted to float64 at a time: a vocabulary-sized head is never copied whole."""
+ROW_BLOCK = 1024
+"""Rows of W converted to float64 at a time: a vocabulary-sized head is never copied whole (and
+W's non-finite entries are counted on the way, not through a C×p mask)."""
 
 
 def learned_function_from_moments(
@@ -132,30 +135,46 @@ def learned_function_from_head(
     return LearnedFunction(basis, rank, output_power, num_outputs)
 
 
-def _row_blocks(weight: torch.Tensor, like: torch.Tensor):
-    """Blocks of rows of W in ``like``'s dtype and device, one at a time."""
-    for i in range(0, weight.shape[0], ROW_BLOCK):
-        yield weight[i : i + ROW_BLOCK].to(like.device, like.dtype)
+class _HeadPass:
+    """One pass over W's rows in float64 blocks, with ``‖W‖²_F`` and a count of non-finite entries."""
+
+    def __init__(self, weight: torch.Tensor, like: torch.Tensor) -> None:
+        self.weight, self.like = weight, like
+        self.frobenius = 0.0
+        self.non_finite = 0
+
+    def __iter__(self):
+        for i in range(0, self.weight.shape[0], ROW_BLOCK):
+            block = self.weight[i : i + ROW_BLOCK].to(self.like.device, self.like.dtype)
+            self.non_finite += int((~torch.isfinite(block)).sum())
+            self.frobenius += float((block**2).sum())
+            yield block
+
+    def check(self) -> None:
+        if self.non_finite:
+            raise NonFiniteError(
+                f"the head weight has {self.non_finite} non-finite entries (NaN/inf) of {self.weight.numel()}, so "
+                "its outputs are undefined; the model has diverged or its checkpoint is damaged"
+            )
 
 
 def _head_rows_times(weight: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``W V`` in float64 and ``‖W‖²_F``, converting W a block of rows at a time."""
-    products, frobenius = [], 0.0
-    for block in _row_blocks(weight, vectors):
-        products.append(block @ vectors)
-        frobenius += float((block**2).sum())
-    return torch.cat(products), frobenius
+    rows = _HeadPass(weight, vectors)
+    product = torch.cat([block @ vectors for block in rows])
+    rows.check()
+    return product, rows.frobenius
 
 
 def _head_gram_in(weight: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``VᵀWᵀWV`` in float64 and ``‖W‖²_F``, accumulated over blocks of rows (memory: one block, not W)."""
     gram = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
-    frobenius = 0.0
-    for block in _row_blocks(weight, vectors):
+    rows = _HeadPass(weight, vectors)
+    for block in rows:
         product = block @ vectors
         gram.addmm_(product.T, product)
-        frobenius += float((block**2).sum())
-    return gram, frobenius
+    rows.check()
+    return gram, rows.frobenius
 
 
 def _largest_eigenvalue(symmetric: torch.Tensor, steps: int = 32) -> float:
