@@ -397,13 +397,14 @@ def _position_mask(encoding: Any) -> dict[str, torch.Tensor]:
         content &= encoding["attention_mask"].bool()
     if not encoding.is_fast:
         return {CONTENT_TOKENS: content}
-    starts = torch.zeros_like(content)
+    starts = []
     for row in range(content.shape[0]):
-        previous = None
-        for position, word in enumerate(zip(encoding.sequence_ids(row), encoding.word_ids(row))):
-            starts[row, position] = word[1] is not None and word != previous
+        flags, previous = [], None
+        for word in zip(encoding.sequence_ids(row), encoding.word_ids(row)):  # (sequence, word) or (·, None)
+            flags.append(word[1] is not None and word != previous)
             previous = word
-    return {WORD_STARTS: starts & content}
+        starts.append(flags)
+    return {WORD_STARTS: torch.tensor(starts, dtype=torch.bool) & content}
 
 
 def _encode_choices(

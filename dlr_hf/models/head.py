@@ -367,19 +367,7 @@ def locate_head(
     module = modules[paths[0]]
     get_output_embeddings = getattr(model, "get_output_embeddings", None)
     is_lm_head = callable(get_output_embeddings) and get_output_embeddings() is module
-    if len(paths) > 1:
-        notices.append(
-            f"the logits are the average of the outputs of {paths[0]!r} and {paths[1]!r} (e.g. DeiT's class "
-            "and distillation heads): the features are their two inputs side by side "
-            f"(p = {sum(modules[p].in_features for p in paths)}) and the head is W = ½[W₁ W₂], bias ½(b₁ + b₂)"
-        )
-    if selection == "per_choice":
-        notices.append(
-            "multiple choice: each example × choice is one sample with one output (C = 1); the label (the "
-            "correct choice) is not a class of that output, so accuracy and NC1 are not computed"
-        )
-    for path in paths:
-        notices += _wrapper_notices(modules, path) + _quantization_notices(path, modules[path])
+    notices += _structure_notices(modules, paths, selection)
     for notice in notices:
         logger.warning("Head of %s: %s", type(model).__name__, notice)
     return HeadInfo(
@@ -394,6 +382,25 @@ def locate_head(
         averaged=tuple((p, modules[p]) for p in paths) if len(paths) > 1 else (),
         positions=kept_positions(model, is_lm_head, probe_batch)[2] if selection == "per_position" else None,
     )
+
+
+def _structure_notices(modules: dict[str, nn.Module], paths: tuple[str, ...], selection: Selection) -> list[str]:
+    """Caveats that follow from the head's structure: averaged heads, choices, wrappers, quantization."""
+    notices: list[str] = []
+    if len(paths) > 1:
+        notices.append(
+            f"the logits are the average of the outputs of {paths[0]!r} and {paths[1]!r} (e.g. DeiT's class "
+            "and distillation heads): the features are their two inputs side by side "
+            f"(p = {sum(modules[p].in_features for p in paths)}) and the head is W = ½[W₁ W₂], bias ½(b₁ + b₂)"
+        )
+    if selection == "per_choice":
+        notices.append(
+            "multiple choice: each example × choice is one sample with one output (C = 1); the label (the "
+            "correct choice) is not a class of that output, so accuracy and NC1 are not computed"
+        )
+    for path in paths:
+        notices += _wrapper_notices(modules, path) + _quantization_notices(path, modules[path])
+    return notices
 
 
 def _logits_only(
