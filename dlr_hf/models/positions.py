@@ -36,10 +36,12 @@ def kept_positions(
     """(name of the mask, the mask or None for every position, the rule in words) for a per-position head.
 
     Token classification uses the collate's position mask when there is one; language-model heads
-    predict at every non-padding position; encoder-decoder heads predict on the decoder side, so
-    the encoder's ``attention_mask`` does not apply to them.
+    predict at every non-padding position; the LM head of an encoder-decoder predicts on the decoder
+    side, so the encoder's ``attention_mask`` does not apply to it (an encoder-only head such as
+    T5ForTokenClassification's, whose config also says encoder-decoder, keeps the encoder's rules).
     """
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    if "decoder_input_ids" in inputs or (encoder_decoder and is_lm_head):
         mask = inputs.get("decoder_attention_mask")
         if mask is None:
             return "decoder_attention_mask", None, "every decoder position (no decoder_attention_mask given)"

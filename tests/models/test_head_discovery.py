@@ -199,6 +199,21 @@ def test_seq2seq_lm_head_uses_the_decoder_mask(decoder_length: int, decoder_mask
     assert head.positions.startswith("every decoder position")
 
 
+def test_encoder_only_head_of_an_encoder_decoder_family_keeps_the_encoder_mask() -> None:
+    torch.manual_seed(0)
+    config = tf.T5Config(vocab_size=mb.VOCAB, d_model=16, d_kv=8, d_ff=20, num_layers=1, num_heads=2, num_labels=3)
+    assert config.is_encoder_decoder
+    model, batch = tf.T5ForTokenClassification(config).eval(), mb.text_batch()
+    head = locate_head(model, batch)
+    assert head.positions == "every non-padding position (attention_mask)"
+    samples, out = tap_once(model, head, batch)
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        hidden = model.transformer(**batch).last_hidden_state
+    torch.testing.assert_close(samples.features, hidden[mask])
+    torch.testing.assert_close(samples.outputs, out.logits[mask])
+
+
 def test_final_logits_bias_is_an_offset_after_the_head() -> None:
     model, batch = mb.build("bart-lm"), seq2seq_batch(5, True)
     with torch.no_grad():
