@@ -153,6 +153,9 @@ def test_multiple_choice_swag_columns(tokenizer):
     assert abs(report.dlr - dlr) <= TOL
     assert report.dataset["input_columns"] == ["sent1", "sent2"]
     assert any("each example × choice is one sample" in w for w in report.warnings)
+    named = evaluate(model, data, processor=tokenizer, num_samples=None, batch_size=4, progress=False,
+                     input_columns=["sent1", "sent2", "ending0", "ending1", "ending2", "ending3"])
+    assert named.dlr == report.dlr and named.result.num_samples == 40
 
 
 def test_multiple_choice_context_and_choice_list(tokenizer):
