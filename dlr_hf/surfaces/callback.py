@@ -330,7 +330,7 @@ class DLRCallback(TrainerCallback, ExportableState):
         model.eval()
         try:
             if self._head is None:
-                self._head = find_head(model, probe.loader, device)
+                self._head = find_head(model, probe.loader, device, self.layer)
             return stream_statistics(
                 model, probe.loader, self._head, trainer.accelerator,
                 layer=self.layer, num_classes=self._head.num_outputs, rtol=self.rtol, progress=False,
