@@ -16,7 +16,10 @@ Top-level keys:
   notices about the head (soft-capping, a logit scale, averaged heads, a wrapper) are in ``warnings``
 * ``result`` — every field of ``DLRResult``: ``dlr``, ``cka``, ``rank``, ``feature_rank``,
   ``num_samples`` (n, one per prediction), ``spectrum`` (ρ_k), ``utilisation`` (U(k)), ``quality``
-  (Q(k), labels only), ``pi`` (π_k), ``effective_rank``, ``nc1``, ``accuracy``, ``class_counts``, …
+  (Q(k), labels only), ``pi`` (π_k), ``effective_rank``, ``nc1``, ``accuracy``, ``class_counts``,
+  ``num_labelled`` (rows whose label is a class index in [0, C): the only rows accuracy, NC1 and
+  Q(k) use), ``labels_dropped`` (rows whose label was not used, by reason: ``unlabelled``
+  (negative), ``out_of_range`` (≥ C), ``not_integer`` (incl. NaN)), ``nc1_convention``, …
 * ``baselines`` — ``accuracy``, ``nc1``, ``effective_rank``, ``param_norm`` (‖θ‖²) and, with a
   reference (initial) model, ``s_init`` and ``param_change``
 * ``settings`` — ``num_samples`` cap, ``seed``, ``batch_size``, ``precision``, ``rtol``,
