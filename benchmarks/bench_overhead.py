@@ -12,7 +12,7 @@ Two workloads:
 Every timing is taken as wall time and as CPU time of this process (the machine is shared: wall time
 also counts the time spent descheduled while other jobs ran). Medians of interleaved repeats of:
 
-1. **per-batch loop** (the number the ≤ 1.05× target is about): ``stream_statistics`` (hooks, sample
+1. **per-batch loop** (the number the ≤ 1.05× target is about): ``Measurement.run`` (hooks, sample
    selection, float64 statistics, finiteness check) vs ``model(**batch)`` under ``inference_mode`` —
    both over the *same list of already-preprocessed batches*; also paired batch by batch (drift
    cancels), and the statistics replayed alone without any forward (the engine's own arithmetic);
@@ -43,11 +43,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
-from dlr_hf.engine import evaluate  # noqa: E402
-from dlr_hf.engine.data import detect_columns  # noqa: E402
-from dlr_hf.engine.evaluate import _num_classes, build_batches, find_head  # noqa: E402
-from dlr_hf.engine.stream import make_accelerator, model_inputs, stream_statistics  # noqa: E402
+from dlr_hf.engine import Measurement, MeasurementOptions, detect_columns, evaluate, make_accelerator  # noqa: E402
+from dlr_hf.engine.evaluate import build_batches  # noqa: E402
 from dlr_hf.metric import DLRAccumulator  # noqa: E402
+from dlr_hf.models import FeatureTap, model_inputs  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "overhead.md"
 WORDS = (
@@ -73,8 +72,13 @@ class Workload:
         self.loader = build_batches(data, plan, processor, modality, model, num_samples=None, seed=0, batch_size=batch_size)
         self.batches = list(self.loader)  # preprocessed once: the per-batch comparison excludes collation
         self.accelerator = make_accelerator("fp32")
-        self.head = find_head(model, self.loader, self.accelerator.device)
-        self.num_classes = _num_classes(model, self.head)
+        self.options = MeasurementOptions()
+        self.head = Measurement(model, self.accelerator, self.options).locate(self.batches[0])
+        self.num_classes = self.head.num_outputs
+
+    def measurement(self) -> Measurement:
+        """A fresh measurement of the model, its head located once."""
+        return Measurement(self.model, self.accelerator, self.options, head=self.head)
 
     def bare(self, batches: Any) -> None:
         with torch.inference_mode():
@@ -82,11 +86,10 @@ class Workload:
                 self.model(**model_inputs(batch))
 
     def stream(self) -> None:
-        stream_statistics(self.model, self.batches, self.head, self.accelerator,
-                          num_classes=self.num_classes, progress=False, total=len(self.batches))
+        self.measurement().run(self.batches)
 
     def paired(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """Batch by batch, bare forward and a one-batch ``stream_statistics`` back to back (order alternating).
+        """Batch by batch, bare forward and a one-batch ``Measurement.run`` back to back (order alternating).
 
         Drift on a shared machine cancels at the scale of one batch; the stream's per-call setup (tap,
         accumulator) is paid on every batch here, so this ratio is an upper bound of the loop's.
@@ -99,8 +102,7 @@ class Workload:
             total[1] += cpu
 
         for i, batch in enumerate(self.batches):
-            one_stream = lambda: stream_statistics(self.model, [batch], self.head, self.accelerator,  # noqa: E731
-                                                   num_classes=self.num_classes, progress=False)
+            one_stream = lambda: self.measurement().run([batch])  # noqa: E731
             one_bare = lambda: self.bare([batch])  # noqa: E731
             for total, fn in ((stream, one_stream), (bare, one_bare))[:: 1 if i % 2 else -1]:
                 add(total, fn)
@@ -108,10 +110,8 @@ class Workload:
 
     def captured_samples(self) -> list[Any]:
         """The (features, outputs, labels) the stream hands to the statistics, batch by batch."""
-        samples: list[Any] = []
-        stream_statistics(self.model, self.batches, self.head, self.accelerator, num_classes=self.num_classes,
-                          progress=False, consumers=(lambda batch_samples, _: samples.append(batch_samples),))
-        return samples
+        with FeatureTap(self.model, self.head) as tap, torch.inference_mode():
+            return [tap.collect(batch, self.model(**model_inputs(batch)), labels=batch.get("labels")) for batch in self.batches]
 
     def statistics_only(self, samples: list[Any]) -> None:
         """The engine's own per-batch arithmetic without any forward: the floor of its overhead."""
@@ -221,7 +221,7 @@ def main() -> None:
         "",
         "## Per-batch loop (the ≤ 1.05× target)",
         "",
-        "`stream_statistics` (hooks, sample selection, float64 statistics, finiteness check) vs `model(**batch)` "
+        "`Measurement.run` (hooks, sample selection, float64 statistics, finiteness check) vs `model(**batch)` "
         "under `inference_mode`, both over the same list of already-preprocessed batches.",
         "",
         "| workload | examples | batch | bare loop (s) | stream loop (s) | loop ratio (range over repeats) | **batch-paired ratio** (range) | statistics alone (CPU s, share of bare) |",
@@ -245,7 +245,7 @@ def main() -> None:
         "* *Loop ratio*: two whole loops, one after the other. The 2 logical cores are shared with other jobs "
         "(another job on the sibling hyperthread slows every instruction, so CPU time moves with wall time), "
         "and single loops wander by 5–20 % — the range column shows it.",
-        "* *Batch-paired ratio*: every batch is forwarded bare and then through a one-batch `stream_statistics` "
+        "* *Batch-paired ratio*: every batch is forwarded bare and then through a one-batch `Measurement.run` "
         "(order alternating), so the machine's drift cancels at the scale of one batch. The stream's per-call "
         "setup (hooks, accumulator allocation) is paid on every batch there, so this is an upper bound of the "
         "loop's own overhead.",

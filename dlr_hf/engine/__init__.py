@@ -1,23 +1,45 @@
-"""The evaluation engine: load models and data, stream statistics with Accelerate, report.
+"""The evaluation engine: load models and data, measure with Accelerate, report.
 
-``evaluate(model, dataset, ...)`` is the one entry point the CLI, the Trainer callback and the
-Gradio app share.
+``Measurement`` owns one measurement (taps, accumulators, S_init, the cross-process reduction);
+``MeasurementOptions`` declares every setting once; ``evaluate(model, dataset, ...)`` is the one
+entry point the CLI and the Gradio app share, and ``DLRCallback`` drives ``Measurement`` directly.
+This package is everything the surfaces (``dlr_hf.surfaces``) may import besides ``dlr_hf.errors``.
 """
 
-from dlr_hf.engine.data import ColumnPlan, detect_columns, load_data
+from dlr_hf.engine.data import ColumnPlan, detect_columns, load_data, subsample_indices
 from dlr_hf.engine.demo import ensure_demo
+from dlr_hf.engine.devices import make_accelerator
 from dlr_hf.engine.evaluate import evaluate
 from dlr_hf.engine.loading import load_model
-from dlr_hf.engine.report import SCHEMA, EvaluationReport, reading
+from dlr_hf.engine.measurement import Measurement
+from dlr_hf.engine.options import APP, CALLBACK, CLI, MeasurementOptions
+from dlr_hf.engine.report import SCHEMA, EvaluationReport, check_writable, reading, write_atomic
+from dlr_hf.engine.settings import looks_like_path, require_existing
+from dlr_hf.metric import DLRResult, parameter_snapshot
+from dlr_hf.models import HeadInfo
 
 __all__ = [
+    "APP",
+    "CALLBACK",
+    "CLI",
     "SCHEMA",
     "ColumnPlan",
+    "DLRResult",
     "EvaluationReport",
+    "HeadInfo",
+    "Measurement",
+    "MeasurementOptions",
+    "check_writable",
     "detect_columns",
     "ensure_demo",
     "evaluate",
     "load_data",
     "load_model",
+    "looks_like_path",
+    "make_accelerator",
+    "parameter_snapshot",
     "reading",
+    "require_existing",
+    "subsample_indices",
+    "write_atomic",
 ]

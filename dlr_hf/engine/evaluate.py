@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from dlr_hf.engine.data import ColumnPlan, detect_columns, load_data, make_collate, subsample_indices
-from dlr_hf.engine.loading import load_model
+from dlr_hf.engine.data import ColumnPlan, LoadedData, detect_columns, load_data, make_collate, subsample_indices
+from dlr_hf.engine.loading import LoadedModel, load_model
+from dlr_hf.engine.measurement import Measurement
+from dlr_hf.engine.options import MeasurementOptions
 from dlr_hf.engine.report import EvaluationReport
-from dlr_hf.engine.settings import validate_settings
-from dlr_hf.engine.stream import input_device, make_accelerator, pool_across_processes, stream_statistics
-from dlr_hf.errors import HeadNotFoundError, TooFewSamplesError
-from dlr_hf.metric import DEFAULT_RTOL, LinearCKAAccumulator, parameter_change, parameter_norm, parameter_snapshot
-from dlr_hf.models import (
-    FeatureTap,
-    HeadInfo,
-    is_multiple_choice,
-    locate_head,
-    model_inputs,
-    read_head_weight,
-    relocate,
-    require_head,
-)
+from dlr_hf.engine.devices import input_device, make_accelerator
+from dlr_hf.errors import TooFewSamplesError
+from dlr_hf.metric import DLRResult
+from dlr_hf.models import is_multiple_choice, require_head
 
 
 def _pad_token_id(model: nn.Module, processor: Any) -> int:
@@ -63,49 +55,13 @@ def build_batches(
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def find_head(model: nn.Module, loader: DataLoader, device: torch.device, layer: str | None = None) -> HeadInfo:
-    """Locate the final Linear with a probe forward on the first two examples (none needed with ``layer``)."""
-    first = next(iter(DataLoader(loader.dataset, batch_size=2, collate_fn=loader.collate_fn)))
-    with torch.inference_mode():
-        return locate_head(model, {key: value.to(device) for key, value in first.items()}, layer=layer)
+@dataclass
+class _Inputs:
+    """The data side of an evaluation: where it came from, its columns and its batches."""
 
-
-class _InitialFeatures:
-    """Streams linear CKA between the reference (initial) model's head input and the current one's."""
-
-    def __init__(self, reference: nn.Module, head: HeadInfo, layer: str | None, names: tuple[str, str]) -> None:
-        self.reference = reference
-        self.head = locate_like(reference, head, names)
-        self.layer = layer
-        self.cka = LinearCKAAccumulator()
-
-    def __call__(self, samples: Any, inputs: dict[str, torch.Tensor]) -> None:
-        with FeatureTap(self.reference, self.head, layer=self.layer) as tap:
-            reference = tap.collect(inputs, self.reference(**model_inputs(inputs)), labels=None)
-        self.cka.update(reference.features, samples.features)
-
-
-def locate_like(model: nn.Module, head: HeadInfo, names: tuple[str, str] = ("the model", "the reference")) -> HeadInfo:
-    """The same head (same module path, same weight shape) in another copy of the architecture.
-
-    ``names`` (measured model, reference) go into the HeadNotFoundError when the reference differs.
-    """
-    if head.module_path is None:  # layer-wise only: no head to find in the reference
-        return head
-    try:
-        module = model.get_submodule(head.module_path)
-    except AttributeError:
-        module = None
-    shape = tuple(getattr(head.module, "weight", torch.empty(0)).shape)
-    found = tuple(getattr(module, "weight", torch.empty(0)).shape) if module is not None else None
-    if found != shape:
-        what = "no such module" if module is None else f"a {type(module).__name__} with weight shape {found}"
-        raise HeadNotFoundError(
-            f"the reference {names[1]} has no head matching {names[0]}'s: {names[0]} reads its logits from "
-            f"{head.module_path!r} (weight shape {shape}), the reference has {what} there; pass the initial "
-            "checkpoint of the same architecture and number of classes"
-        )
-    return relocate(head, model)
+    data: LoadedData
+    plan: ColumnPlan
+    loader: DataLoader
 
 
 def evaluate(
@@ -119,19 +75,14 @@ def evaluate(
     dataset_revision: str | None = None,
     input_columns: list[str] | tuple[str, ...] | None = None,
     label_column: str | None = None,
-    num_samples: int | None = 1000,
-    batch_size: int = 32,
-    seed: int = 0,
-    layer: str | None = None,
-    precision: str = "fp32",
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     safetensors_only: bool = False,
     reference_model: str | Path | nn.Module | None = None,
-    rtol: float = DEFAULT_RTOL,
-    max_length: int = 512,
+    options: MeasurementOptions | None = None,
     accelerator: Accelerator | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> EvaluationReport:
     """Measure D_LR of ``model`` on ``dataset`` in one pass, on whatever devices Accelerate sees.
 
@@ -141,39 +92,74 @@ def evaluate(
         dataset: Hub id (with ``dataset_config``, ``split``), local folder / file, or a
             ``datasets.Dataset`` / ``DatasetDict``.
         input_columns, label_column: override the detected columns.
-        num_samples: examples to draw (deterministically, by ``seed``); ``None`` = all.
-        layer: module path of any ``nn.Linear`` for layer-wise D_LR (features = its input,
-            outputs = the model's final logits).
-        precision: ``fp32``, ``bf16`` or ``fp16`` for the model; statistics are always float64.
         device_map: e.g. ``"auto"`` to spread a model larger than one device (single process).
-        reference_model: the initial checkpoint, for S_init and the relative parameter change.
+        reference_model: the initial checkpoint, for S_init and the relative parameter change
+            (the same as the ``reference`` option).
+        options, **settings: the measurement settings, a ``MeasurementOptions`` or its fields as
+            keywords: ``num_samples`` (examples drawn by ``seed``; None = all), ``batch_size``,
+            ``seed``, ``layer`` (module path of any ``nn.Linear`` for layer-wise D_LR: features =
+            its input, outputs = the model's final logits), ``precision`` (fp32, bf16, fp16 for the
+            model; statistics are always float64), ``rtol``, ``max_length``, ``baselines``.
 
     Every process of an ``accelerate launch`` must call this (the reduction is collective);
     all of them return the same report.
     """
-    validate_settings(
-        num_samples=num_samples, batch_size=batch_size, seed=seed, max_length=max_length, precision=precision, rtol=rtol
-    )
+    options = _options(options, settings, reference_model)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    accelerator = accelerator or make_accelerator(precision)
-    loaded = load_model(
-        model,
-        revision=revision,
-        processor=processor,
-        precision=precision,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-        safetensors_only=safetensors_only,
-    )
-    net = loaded.model
-    require_head(net)  # a bare base model (BertModel, CLIPModel) is refused before any data error
-    if not getattr(net, "hf_device_map", None):
-        net.to(accelerator.device)
-    device = input_device(net, accelerator)
+    accelerator = accelerator or make_accelerator(options.precision)
+    loading = {"precision": options.precision, "trust_remote_code": trust_remote_code, "safetensors_only": safetensors_only}
+    loaded = _load_measured_model(model, revision, processor, device_map, loading, accelerator)
     timings["load_model"] = time.perf_counter() - started
 
     mark = time.perf_counter()
+    inputs = _load_inputs(dataset, dataset_config, split, dataset_revision, input_columns, label_column, loaded, options)
+    shard = _this_process_share(inputs.loader, accelerator)
+    timings["load_data"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    reference, names = _load_reference(options.reference, loaded, loading, input_device(loaded.model, accelerator))
+    measurement = Measurement(loaded.model, accelerator, options, reference=reference, names=names)
+    measurement.run(shard, progress=progress, total=len(shard))
+    timings["forward"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    measurement.reduce_dlr()
+    result = measurement.result()
+    baselines = _baselines(result, measurement)
+    timings["compute"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - started
+    return _report(result, baselines, measurement, loaded, inputs, device_map, timings)
+
+
+def _options(options: MeasurementOptions | None, settings: dict[str, Any], reference: Any) -> MeasurementOptions:
+    """One ``MeasurementOptions`` from an options object and/or keywords, checked before anything loads."""
+    if reference is not None:
+        settings = {**settings, "reference": reference}
+    options = (options or MeasurementOptions()).with_changes(**settings)
+    if options.batch_size is None:  # "the caller's batch size": a dataset has none, so the default
+        options = options.with_changes(batch_size=MeasurementOptions().batch_size)
+    return options
+
+
+def _load_measured_model(
+    model: str | Path | nn.Module, revision: str | None, processor: Any, device_map: str | dict | None,
+    loading: dict[str, Any], accelerator: Accelerator,
+) -> LoadedModel:
+    """The model, on the accelerator's device (unless dispatched by a device map), refused early if it has no head."""
+    loaded = load_model(model, revision=revision, processor=processor, device_map=device_map, **loading)
+    require_head(loaded.model)  # a bare base model (BertModel, CLIPModel) is refused before any data error
+    if not getattr(loaded.model, "hf_device_map", None):
+        loaded.model.to(accelerator.device)
+    return loaded
+
+
+def _load_inputs(
+    dataset: Any, dataset_config: str | None, split: str | None, dataset_revision: str | None,
+    input_columns: Any, label_column: str | None, loaded: LoadedModel, options: MeasurementOptions,
+) -> _Inputs:
+    """The split, its columns (checked against the model), and batches of the deterministic subsample."""
+    net = loaded.model
     data = load_data(dataset, config=dataset_config, split=split, revision=dataset_revision)
     label2id = getattr(getattr(net, "config", None), "label2id", None)
     plan = detect_columns(
@@ -182,87 +168,86 @@ def evaluate(
     )
     loader = build_batches(
         data.dataset, plan, loaded.processor, loaded.modality, net,
-        num_samples=num_samples, seed=seed, batch_size=batch_size, max_length=max_length,
+        num_samples=options.num_samples, seed=options.seed, batch_size=options.batch_size, max_length=options.max_length,
     )
-    num_examples = len(loader.dataset)
-    if num_examples < 2:
-        raise TooFewSamplesError(f"D_LR needs at least 2 examples; the dataset gives {num_examples}")
-    head = find_head(net, loader, device, layer)
+    if len(loader.dataset) < 2:
+        raise TooFewSamplesError(f"D_LR needs at least 2 examples; the dataset gives {len(loader.dataset)}")
+    return _Inputs(data, plan, loader)
+
+
+def _this_process_share(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
+    """This process's batches; the last batch is never padded with repeated examples."""
     # The module-level function, not accelerator.prepare_data_loader: that one keeps a reference to
     # every loader it prepares, so a reused Accelerator (CLI over several models, the app) would grow.
-    shard = prepare_data_loader(
+    return prepare_data_loader(
         loader,
         num_processes=accelerator.num_processes,
         process_index=accelerator.process_index,
         put_on_device=False,
         even_batches=False,
     )
-    timings["load_data"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    reference = None
-    consumers = ()
-    if reference_model is not None:
-        reference_loaded = load_model(
-            reference_model, precision=precision, trust_remote_code=trust_remote_code, safetensors_only=safetensors_only
-        )
-        reference = reference_loaded.model
-        reference.to(device)
-        names = (str(loaded.source["id"]), str(reference_loaded.source["id"]))
-        consumers = (_InitialFeatures(reference, head, layer, names),)
-    accumulator = stream_statistics(
-        net, shard, head, accelerator,
-        layer=layer, num_classes=head.num_outputs, rtol=rtol, progress=progress,
-        total=len(shard), consumers=consumers,
-    )
-    timings["forward"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    result = accumulator.compute(head_weight=None if layer else read_head_weight(head))
+def _load_reference(
+    reference: str | Path | nn.Module | None, loaded: LoadedModel, loading: dict[str, Any], device: Any,
+) -> tuple[nn.Module | None, tuple[str, str]]:
+    """The initial checkpoint on the inputs' device, and the two names its head-mismatch error uses."""
+    if reference is None:
+        return None, ("the model", "the reference")
+    reference_loaded = load_model(reference, **loading)
+    reference_loaded.model.to(device)
+    return reference_loaded.model, (str(loaded.source["id"]), str(reference_loaded.source["id"]))
+
+
+def _baselines(result: DLRResult, measurement: Measurement) -> dict[str, Any]:
+    """SPEC §4 beside D_LR: accuracy, NC1, effective rank, parameter norms and (with a reference) S_init."""
     baselines: dict[str, Any] = {
         "accuracy": result.accuracy,
         "nc1": result.nc1,
         "effective_rank": result.effective_rank,
-        "param_norm": parameter_norm(net),
     }
-    if reference is not None:
-        cka = consumers[0].cka
-        pool_across_processes(accelerator, cka)
-        baselines["s_init"] = cka.compute()
-        baselines["param_change"] = parameter_change(net, parameter_snapshot(reference))
-    timings["compute"] = time.perf_counter() - mark
-    timings["total"] = time.perf_counter() - started
+    parameters = measurement.parameter_baselines()
+    if "param_norm" in parameters:
+        baselines["param_norm"] = parameters["param_norm"]
+    if measurement.measures_s_init:
+        measurement.reduce_s_init()
+        baselines["s_init"] = measurement.s_init()
+    if "param_change" in parameters:
+        baselines["param_change"] = parameters["param_change"]
+    return baselines
 
+
+def _report(
+    result: DLRResult, baselines: dict[str, Any], measurement: Measurement, loaded: LoadedModel, inputs: _Inputs,
+    device_map: str | dict | None, timings: dict[str, float],
+) -> EvaluationReport:
+    head, options = measurement.head, measurement.options
+    settings = {key: value for key, value in options.as_dict().items() if not (key == "reference" and value is None)}
     return EvaluationReport(
         result=result,
         model=loaded.source,
         dataset={
-            **data.source,
-            "input_columns": list(plan.inputs),
-            "label_column": plan.labels,
-            "num_examples": num_examples,
+            **inputs.data.source,
+            "input_columns": list(inputs.plan.inputs),
+            "label_column": inputs.plan.labels,
+            "num_examples": len(inputs.loader.dataset),
         },
         head={
             "module_path": head.module_path,
             "selection": head.selection,
             "between": head.between,
             "positions": head.positions,
-            "layer": layer,
+            "layer": options.layer,
             "feature_dim": result.feature_dim,
             "num_outputs": result.num_outputs,
         },
         baselines=baselines,
         settings={
-            "num_samples": num_samples,
-            "seed": seed,
-            "batch_size": batch_size,
-            "precision": precision,
-            "rtol": rtol,
-            "num_processes": accelerator.num_processes,
-            "device": str(device),
+            **settings,
+            "num_processes": measurement.accelerator.num_processes,
+            "device": str(measurement.device),
             "device_map": device_map if isinstance(device_map, (str, type(None))) else "custom",
         },
         timings=timings,
-        warnings=loaded.warnings + list(plan.warnings) + list(head.notices) + result.warnings,
+        warnings=loaded.warnings + list(inputs.plan.warnings) + list(head.notices) + result.warnings,
     )
-

@@ -20,9 +20,10 @@ Top-level keys:
   ``num_labelled`` (rows whose label is a class index in [0, C): the only rows accuracy, NC1 and
   Q(k) use), ``labels_dropped`` (rows whose label was not used, by reason: ``unlabelled``
   (negative), ``out_of_range`` (≥ C), ``not_integer`` (incl. NaN)), ``nc1_convention``, …
-* ``baselines`` — ``accuracy``, ``nc1``, ``effective_rank``, ``param_norm`` (‖θ‖²) and, with a
-  reference (initial) model, ``s_init`` and ``param_change``
-* ``settings`` — ``num_samples`` cap, ``seed``, ``batch_size``, ``precision``, ``rtol``,
+* ``baselines`` — ``accuracy``, ``nc1``, ``effective_rank``, ``param_norm`` (‖θ‖², unless the
+  ``baselines`` option is off) and, with a reference (initial) model, ``s_init`` and ``param_change``
+* ``settings`` — every ``MeasurementOptions`` field (``num_samples`` cap, ``batch_size``, ``layer``,
+  ``seed``, ``reference`` when given, ``rtol``, ``precision``, ``max_length``, ``baselines``), and
   ``num_processes``, ``device``, ``device_map``
 * ``timings`` — seconds: ``load_model``, ``load_data``, ``forward``, ``compute``, ``total``
 * ``versions`` — dlr_hf, torch, transformers, datasets, accelerate, python

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from dlr_hf.errors import DLRError, InvalidArgumentError
-from dlr_hf.metric import validate_rtol
 
 MAX_SEED = 2**32 - 1  # numpy's and the history store's range of seeds
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
@@ -74,18 +73,6 @@ def validate_precision(value: Any) -> str:
     if value not in PRECISION_NAMES:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {_shown(value)}")
     return value
-
-
-def validate_settings(
-    *, num_samples: Any, batch_size: Any, seed: Any, max_length: Any, precision: Any, rtol: Any
-) -> None:
-    """All of ``evaluate()``'s numeric settings at once, before any model or data is loaded."""
-    validate_num_samples(num_samples)
-    validate_batch_size(batch_size)
-    validate_seed(seed)
-    validate_max_length(max_length)
-    validate_precision(precision)
-    validate_rtol(rtol)
 
 
 def looks_like_path(name: str) -> bool:

@@ -41,9 +41,18 @@ import pandas as pd
 import torch
 
 import dlr_hf
-from dlr_hf.engine import EvaluationReport, ensure_demo, evaluate, load_data, load_model, reading
-from dlr_hf.engine.settings import looks_like_path, validate_batch_size, validate_seed
-from dlr_hf.engine.report import write_atomic
+from dlr_hf.engine import (
+    APP,
+    EvaluationReport,
+    MeasurementOptions,
+    ensure_demo,
+    evaluate,
+    load_data,
+    load_model,
+    looks_like_path,
+    reading,
+    write_atomic,
+)
 from dlr_hf.errors import DLRError
 from dlr_hf.surfaces.history import HISTORY_COLUMNS, HistoryStore, RequestKey, model_reference
 from dlr_hf.surfaces.plots import trajectory_figure, visualisation_figure
@@ -152,20 +161,45 @@ def _whole(value: Any, name: str) -> int:
     return number
 
 
+_DEFAULTS = MeasurementOptions()
+MAIN_OPTIONS = ("num_samples", "batch_size")
+"""APP options shown beside the dataset; the others (and any new one) go under "More options"."""
+
+
+def _option_value(name: str, value: Any) -> Any:
+    """One APP option from its input: a whole number for numeric options (empty: the default), else text."""
+    label = MeasurementOptions.spec(name)["label"]
+    default = getattr(_DEFAULTS, name)
+    if isinstance(default, int) and not isinstance(default, bool):
+        return default if value is None or value == "" else _whole(value, label)
+    return _text(value, label)
+
+
+def _option_input(name: str, value: Any = None, info: str | None = None) -> gr.components.Component:
+    """The input of one APP option: a whole-number box or a textbox, labelled and explained from its declaration."""
+    spec = MeasurementOptions.spec(name)
+    default = getattr(_DEFAULTS, name)
+    label = spec["label"][:1].upper() + spec["label"][1:]
+    value = default if value is None else value
+    if isinstance(default, int) and not isinstance(default, bool):
+        return gr.Number(label=label, value=value, precision=0, info=info or spec["help"])
+    return gr.Textbox(label=label, value=value or "", info=info or spec["help"])
+
+
 @dataclass
 class Request:
-    """A validated evaluation request."""
+    """A validated evaluation request: what to measure, and the measurement options (``options.on(APP)``)."""
 
     model: str
     dataset: str
     revision: str | None = None
     dataset_config: str | None = None
     split: str | None = None
-    num_samples: int = 1000
-    batch_size: int = 32
-    layer: str | None = None
-    seed: int = 0
-    reference: str | None = None
+    options: MeasurementOptions = field(default_factory=MeasurementOptions)
+
+    @property
+    def reference(self) -> str | None:
+        return self.options.reference
 
 
 @dataclass
@@ -224,15 +258,32 @@ class DLRApp:
                 raise unavailable
         return True
 
-    def validate(self, model: Any, revision: Any, dataset: Any, dataset_config: Any, split: Any,
-                 num_samples: Any, batch_size: Any, layer: Any = None, seed: Any = 0,
-                 reference: Any = None) -> Request:
+    def validate(self, model: Any, revision: Any, dataset: Any, dataset_config: Any, split: Any, *settings: Any,
+                 **named_settings: Any) -> Request:
+        """A request from the Evaluate tab's fields; ``settings`` are the APP options in declaration order
+        (``MeasurementOptions.on(APP)``) or by name, the omitted ones at their defaults."""
         model_name, dataset_name = _text(model, "model"), _text(dataset, "dataset")
         if model_name is None:
             raise RequestError("enter a model (a Hub id such as ORG/NAME, or a local folder), or click a demo example")
         if dataset_name is None:
             raise RequestError("enter a dataset (a Hub id, a local folder or data file), or click a demo example")
-        n = _whole(num_samples, "number of samples")
+        given = {**dict(zip(MeasurementOptions.on(APP), settings)), **named_settings}
+        values = {name: _option_value(name, value) for name, value in given.items()}
+        self._check_caps(values)
+        request = Request(
+            model=model_name, dataset=dataset_name, revision=_text(revision, "revision"),
+            dataset_config=_text(dataset_config, "config"), split=_text(split, "split"),
+            options=MeasurementOptions(**values),
+        )
+        self._is_local(request.dataset, "dataset")
+        self._is_local(request.model, "model")
+        if request.reference:
+            self._is_local(request.reference, "reference")
+        return request
+
+    def _check_caps(self, values: dict[str, Any]) -> None:
+        """This server's limits on one request (the options' own checks come after)."""
+        n = values.get("num_samples", MeasurementOptions().num_samples)
         if n < 2:
             raise RequestError(f"D_LR needs at least 2 samples; got {n}")
         if n > self.config.max_samples:
@@ -240,20 +291,9 @@ class DLRApp:
                 f"{n} samples is over this server's cap of {self.config.max_samples} (DLR_HF_MAX_SAMPLES); "
                 "ask for fewer, or run dlr-hf locally for more"
             )
-        batch = validate_batch_size(_whole(batch_size, "batch size"))
+        batch = values.get("batch_size", MeasurementOptions().batch_size)
         if batch > self.config.max_batch:
             raise RequestError(f"batch size {batch} is over this server's cap of {self.config.max_batch} (DLR_HF_MAX_BATCH)")
-        seed_value = validate_seed(_whole(0 if seed is None or seed == "" else seed, "seed"))
-        request = Request(
-            model=model_name, dataset=dataset_name, revision=_text(revision, "revision"),
-            dataset_config=_text(dataset_config, "config"), split=_text(split, "split"), num_samples=n,
-            batch_size=batch, layer=_text(layer, "layer"), seed=seed_value, reference=_text(reference, "initial checkpoint"),
-        )
-        self._is_local(request.dataset, "dataset")
-        self._is_local(request.model, "model")
-        if request.reference:
-            self._is_local(request.reference, "reference")
-        return request
 
     # -- the measurement -----------------------------------------------------------------------
     def measure(self, request: Request, progress: Any = None) -> Outcome:
@@ -287,13 +327,10 @@ class DLRApp:
             data.dataset,
             revision=request.revision,
             split=data.source["split"],
-            num_samples=request.num_samples,
-            batch_size=request.batch_size,
-            seed=request.seed,
-            layer=request.layer,
+            options=request.options,
+            reference_model=reference,
             trust_remote_code=False,
             safetensors_only=not model_local,
-            reference_model=reference,
             # a fresh Accelerator per request (the engine's default): a long-lived one keeps a
             # reference to every DataLoader it prepared (Accelerator._dataloaders)
             progress=True,  # tqdm bars, which gr.Progress(track_tqdm=True) shows in the browser
@@ -318,9 +355,7 @@ class DLRApp:
             model_ref=model_ref,
             dataset_fingerprint=str(fingerprint),
             split=source.get("split"),
-            num_samples=request.num_samples,
-            seed=request.seed,
-            layer=request.layer,
+            settings=request.options.keyed(),
             reference_ref=reference_ref,
             version=dlr_hf.__version__,
         )
@@ -390,7 +425,8 @@ class DLRApp:
         with readable_errors():
             entries = self.expand_checkpoints(checkpoints)
             requests = [
-                (entry, self.validate(entry.model, entry.revision, dataset, dataset_config, split, num_samples, batch_size, None, seed))
+                (entry, self.validate(entry.model, entry.revision, dataset, dataset_config, split,
+                                      num_samples=num_samples, batch_size=batch_size, seed=seed))
                 for entry in entries
             ]
             rows, reports, keys = [], [], []
@@ -558,7 +594,7 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
     # one concurrency slot per device, shared by every event that runs a model
     slot = {"concurrency_limit": cfg.concurrency, "concurrency_id": f"device-{device_name()}"}
     examples = app.demo_examples()
-    defaults = examples[0] if examples else ["", "", "", "", "", 1000, 32, "", 0, ""]
+    defaults = examples[0] if examples else ["", "", "", "", ""] + [None] * len(MeasurementOptions.on(APP))
     with gr.Blocks(title="D_LR — dynamical richness", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
@@ -573,19 +609,19 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                         with gr.Row():
                             dataset_config = gr.Textbox(label="Config", placeholder="default")
                             split = gr.Textbox(label="Split", value=defaults[4], placeholder="test")
+                        caps = {"num_samples": f"at most {cfg.max_samples}", "batch_size": f"at most {cfg.max_batch}"}
+                        options = MeasurementOptions.on(APP)
+                        example = dict(zip(options, defaults[5:]))
+                        settings = {}
                         with gr.Row():
-                            num_samples = gr.Number(label="Samples (n)", value=defaults[5], precision=0,
-                                                    info=f"at most {cfg.max_samples}")
-                            batch_size = gr.Number(label="Batch size", value=defaults[6], precision=0,
-                                                   info=f"at most {cfg.max_batch}")
+                            for name in MAIN_OPTIONS:
+                                settings[name] = _option_input(name, example.get(name), caps.get(name))
                         with gr.Accordion("More options", open=False):
-                            layer = gr.Textbox(label="Layer (layer-wise D_LR)", placeholder="e.g. vit.layers.1.mlp.fc2",
-                                               info="module path of any nn.Linear; empty = the head")
-                            seed = gr.Number(label="Seed of the subsample", value=0, precision=0)
-                            reference = gr.Textbox(label="Initial checkpoint (optional)", value=defaults[9],
-                                                   info="for S_init and the parameter change")
+                            for name in options:
+                                if name not in MAIN_OPTIONS:
+                                    settings[name] = _option_input(name, example.get(name), caps.get(name))
                         run = gr.Button("Measure D_LR", variant="primary", elem_id="evaluate-button")
-                        inputs = [model, revision, dataset, dataset_config, split, num_samples, batch_size, layer, seed, reference]
+                        inputs = [model, revision, dataset, dataset_config, split, *(settings[name] for name in options)]
                         demo_examples = None
                         if examples:
                             demo_examples = gr.Examples(
@@ -615,9 +651,9 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                             c_config = gr.Textbox(label="Config", placeholder="default")
                             c_split = gr.Textbox(label="Split", value=defaults[4], placeholder="test")
                         with gr.Row():
-                            c_samples = gr.Number(label="Samples (n)", value=defaults[5], precision=0)
-                            c_batch = gr.Number(label="Batch size", value=defaults[6], precision=0)
-                            c_seed = gr.Number(label="Seed", value=0, precision=0)
+                            c_samples, c_batch, c_seed = (
+                                _option_input(name, example.get(name)) for name in ("num_samples", "batch_size", "seed")
+                            )
                         compare = gr.Button("Compare", variant="primary", elem_id="compare-button")
                         c_inputs = [checkpoints, c_dataset, c_config, c_split, c_samples, c_batch, c_seed]
                         compare_examples = None

@@ -46,22 +46,8 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
 
-from dlr_hf.engine.data import subsample_indices
-from dlr_hf.engine.evaluate import find_head
-from dlr_hf.engine.settings import validate_batch_size, validate_num_samples, validate_seed
-from dlr_hf.engine.stream import SampleConsumer, input_device, pool_across_processes, stream_statistics
+from dlr_hf.engine import CALLBACK, DLRResult, HeadInfo, Measurement, MeasurementOptions, parameter_snapshot, subsample_indices
 from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, TooFewSamplesError
-from dlr_hf.metric import (
-    DEFAULT_RTOL,
-    DLRAccumulator,
-    DLRResult,
-    LinearCKAAccumulator,
-    parameter_change,
-    parameter_norm,
-    parameter_snapshot,
-    validate_rtol,
-)
-from dlr_hf.models import HeadInfo, Samples, read_head_weight
 
 log = logging.getLogger(__name__)
 
@@ -84,65 +70,24 @@ class _Probe:
     initial_features: list[torch.Tensor] | None = None
 
 
-class _PairWithInitial:
-    """Streams linear CKA between the stored initial features and the current ones, batch by batch.
-
-    A mismatch (another probe, another batch size) is kept in ``problem`` rather than raised, so the
-    D_LR pass it rides along with still completes.
-    """
-
-    def __init__(self, initial: list[torch.Tensor]) -> None:
-        self.initial = initial
-        self.batches = 0
-        self.cka = LinearCKAAccumulator()
-        self.problem: str | None = None
-
-    def __call__(self, samples: Samples, inputs: dict[str, torch.Tensor]) -> None:
-        if self.problem is not None:
-            return
-        if self.batches == len(self.initial):
-            self.problem = "S_init: the probe has more batches than when the initial features were recorded"
-            return
-        try:
-            self.cka.update(self.initial[self.batches], samples.features)
-        except MEASUREMENT_ERRORS as error:
-            self.problem = f"S_init: {type(error).__name__}: {error}"
-        self.batches += 1
-
-    def finish(self) -> str | None:
-        """Why S_init cannot be computed from this pass (None: it can)."""
-        if self.problem is None and self.batches != len(self.initial):
-            self.problem = "S_init: the probe has fewer batches than when the initial features were recorded"
-        return self.problem
-
-
-class _Recorder:
-    """Keeps each batch's features (CPU float32) — the initial model's, for S_init later."""
-
-    def __init__(self) -> None:
-        self.features: list[torch.Tensor] = []
-
-    def __call__(self, samples: Samples, inputs: dict[str, torch.Tensor]) -> None:
-        self.features.append(samples.features.detach().to("cpu", torch.float32))
-
-
 class DLRCallback(TrainerCallback, ExportableState):
     """Measure D_LR on a fixed probe set during training; a failed measurement never stops training.
 
     Args:
         probe_dataset: examples in the Trainer's format (what its data collator takes); default:
             the eval dataset (each one, for a dict of eval datasets), else the train dataset.
-        num_samples: probe size (at least 2; None: the whole set), drawn deterministically with
-            ``seed`` (the same subsample ``dlr_hf.evaluate`` draws, so the two agree).
         every_n_steps: also measure every N ≥ 1 optimiser steps (logged without prefix).
-        layer: layer-wise D_LR (module path of any ``nn.Linear``).
-        baselines: also S_init, ‖θ‖² and ‖θ − θ0‖/‖θ0‖ (keeps a CPU copy of the initial parameters).
-        batch_size: probe batch size (default: the eval batch size).
-        rtol: relative singular-value cut-off of the numerical ranks, in [1e-8, 1).
         write_files: at train end write ``dlr_history.json``, ``dlr_history.csv`` and
             ``dlr_trajectory.png`` into ``output_dir``.
+        **settings: the ``MeasurementOptions`` offered to the callback, as keywords:
+            ``num_samples`` (probe size, at least 2; None: the whole set; default 512), drawn
+            deterministically with ``seed`` (the same subsample ``dlr_hf.evaluate`` draws, so the
+            two agree); ``layer`` (layer-wise D_LR); ``baselines`` (also S_init, ‖θ‖² and
+            ‖θ − θ0‖/‖θ0‖, keeping a CPU copy of the initial parameters); ``batch_size`` (default:
+            the eval batch size); ``rtol``.
 
     Attributes:
+        options: the measurement settings in force.
         history: one row per measurement (step, epoch, probe, values; NaN where a value is missing,
             with the reason under ``"warning"``).
         warnings: every warning this process's callback logged, in order.
@@ -154,23 +99,14 @@ class DLRCallback(TrainerCallback, ExportableState):
     def __init__(
         self,
         probe_dataset: Dataset | None = None,
-        num_samples: int = 512,
+        *,
         every_n_steps: int | None = None,
-        seed: int = 0,
-        layer: str | None = None,
-        baselines: bool = True,
-        batch_size: int | None = None,
-        rtol: float = DEFAULT_RTOL,
         write_files: bool = True,
+        **settings: Any,
     ) -> None:
         self.probe_dataset = probe_dataset
-        self.num_samples = _probe_size(num_samples)
+        self.options = _callback_options(settings)
         self.every_n_steps = None if every_n_steps is None else _every_n_steps(every_n_steps)
-        self.seed = validate_seed(seed)
-        self.layer = layer
-        self.baselines = baselines
-        self.batch_size = None if batch_size is None else validate_batch_size(batch_size)
-        self.rtol = validate_rtol(rtol)
         self.write_files = write_files
         self.history: list[dict[str, Any]] = []
         self.warnings: list[str] = []
@@ -193,13 +129,8 @@ class DLRCallback(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         return {
             "args": {
-                "num_samples": self.num_samples,
+                **self.options.as_dict(CALLBACK),
                 "every_n_steps": self.every_n_steps,
-                "seed": self.seed,
-                "layer": self.layer,
-                "baselines": self.baselines,
-                "batch_size": self.batch_size,
-                "rtol": self.rtol,
                 "write_files": self.write_files,
             },
             "attributes": {"history": self.history},
@@ -211,13 +142,13 @@ class DLRCallback(TrainerCallback, ExportableState):
             self.trainer = _calling_trainer()
         trainer = self._require_trainer()
         # Settings errors surface here, before the first step, not as a failed measurement mid-run.
-        if self.layer is not None:
-            _check_layer(trainer.model, self.layer)
+        if self.options.layer is not None:
+            _check_layer(trainer.model, self.options.layer)
         names = self._probe_names(trainer)
         for name in names:
             self._probe(name)
         self._restore_history(state)
-        if not self.baselines:
+        if not self.options.baselines:
             return
         self._has_reference = True
         reference = Path(args.output_dir) / REFERENCE_FILE.format(rank=args.process_index)
@@ -252,50 +183,52 @@ class DLRCallback(TrainerCallback, ExportableState):
     # -- measuring -----------------------------------------------------------------------------
     def _measure_and_log(self, name: str, prefix: str) -> None:
         """Measure probe ``name``; publish what could be measured, record the rest as missing."""
-        trainer = self.trainer
         problems: list[str] = []
         values: dict[str, float] = {}
-        initial = self._probe(name).initial_features if self.baselines else None
-        pairing = _PairWithInitial(initial) if initial is not None else None
-        accumulator = self._attempt(problems, "D_LR", lambda: self._stream(name, (pairing,) if pairing else ()))
-        paired = accumulator is not None and pairing is not None and pairing.finish() is None
+        initial = self._probe(name).initial_features if self.options.baselines else None
+        measurement = self._measurement(initial_features=initial)
+        ran = self._attempt(problems, "D_LR", lambda: self._run(measurement, name)) is not None
+        paired = ran and initial is not None and measurement.s_init_problem is None
         # Decide together before any data collective: a rank that failed alone would leave the others waiting.
-        dlr_everywhere, paired_everywhere = self._agree(accumulator is not None, paired)
+        dlr_everywhere, paired_everywhere = measurement.agree(ran, paired)
         result: DLRResult | None = None
         if dlr_everywhere:
-            result = self._attempt(problems, "D_LR", lambda: self._pool_and_compute(accumulator))
-        elif accumulator is not None:
+            result = self._attempt(problems, "D_LR", lambda: self._reduce_and_compute(measurement))
+        elif ran:
             problems.append("D_LR: another process could not measure it (see that process's log)")
         if result is not None:
             values.update(dlr=result.dlr, dlr_rank=float(result.rank))
             optional = {"effective_rank": result.effective_rank, "nc1": result.nc1, "probe_accuracy": result.accuracy}
             values.update({key: value for key, value in optional.items() if value is not None})
-        if self.baselines:
-            values["param_norm"] = parameter_norm(trainer.model)
-        if self.baselines and self._has_reference:  # (not in an evaluate() before any training)
-            if self._initial_parameters is None:
-                problems.append("param_change: the initial parameters are lost")
-            else:
-                initial_parameters = self._initial_parameters
-                change = self._attempt(problems, "param_change", lambda: parameter_change(trainer.model, initial_parameters))
-                if change is not None:
-                    values["param_change"] = change
+        if self.options.baselines:
+            values.update(self._parameter_baselines(measurement, problems))
+        if self.options.baselines and self._has_reference:  # (not in an evaluate() before any training)
             if paired_everywhere:
-                s_init = self._attempt(problems, "S_init", lambda: self._pool_and_compare(pairing))
+                s_init = self._attempt(problems, "S_init", lambda: self._reduce_and_compare(measurement))
                 if s_init is not None:
                     values["s_init"] = s_init
-            elif pairing is None:
+            elif initial is None:
                 problems.append(f"S_init: no initial features of probe {name!r}")
-            elif accumulator is not None:
-                problems.append(pairing.problem or "S_init: another process could not measure it (see that process's log)")
+            elif ran:
+                problems.append(measurement.s_init_problem or "S_init: another process could not measure it (see that process's log)")
         problems += [f"{key} is not finite ({value})" for key, value in values.items() if not math.isfinite(value)]
         self._publish(name, prefix, values, problems, degenerate=result is not None and result.degenerate)
+
+    def _parameter_baselines(self, measurement: Measurement, problems: list[str]) -> dict[str, float]:
+        """‖θ‖² and, once training began with a reference, ‖θ − θ0‖/‖θ0‖ (missing when θ0 is lost)."""
+        if not self._has_reference:
+            return measurement.parameter_baselines()
+        if self._initial_parameters is None:
+            problems.append("param_change: the initial parameters are lost")
+            return measurement.parameter_baselines()
+        initial = self._initial_parameters
+        return self._attempt(problems, "param_change", lambda: measurement.parameter_baselines(initial)) or {}
 
     def _publish(self, name: str, prefix: str, values: dict[str, float], problems: list[str], degenerate: bool) -> None:
         """Finite values go to ``trainer.log``; the history row has every expected key, NaN if missing."""
         trainer = self.trainer
         expected = ["dlr", "dlr_rank", "effective_rank"]
-        if self.baselines:
+        if self.options.baselines:
             expected += ["param_norm", "param_change", "s_init"] if self._has_reference else ["param_norm"]
         keys = list(dict.fromkeys(expected + self._keys.get(name, []) + list(values)))
         if not problems:
@@ -315,45 +248,35 @@ class DLRCallback(TrainerCallback, ExportableState):
         if logs:
             trainer.log(dict(logs))
 
-    def _stream(self, name: str, consumers: tuple[SampleConsumer, ...]) -> DLRAccumulator:
-        """This process's pass of the current model over probe ``name``, not yet pooled (no collective)."""
+    def _measurement(self, **kwargs: Any) -> Measurement:
         trainer = self.trainer
-        model = trainer.model
+        return Measurement(trainer.model, trainer.accelerator, self.options, head=self._head, **kwargs)
+
+    def _run(self, measurement: Measurement, name: str) -> Measurement:
+        """This process's pass of the current model over probe ``name``, not yet reduced (no collective)."""
+        model = self.trainer.model
         probe = self._probe(name)
         if len(probe.loader.dataset) == 0:
             raise TooFewSamplesError(
                 f"this process has no example of probe {name!r} (a probe needs at least 2 examples and "
                 "at least one per process)"
             )
-        device = input_device(model, trainer.accelerator)
         was_training = model.training
         model.eval()
         try:
-            if self._head is None:
-                self._head = find_head(model, probe.loader, device, self.layer)
-            return stream_statistics(
-                model, probe.loader, self._head, trainer.accelerator,
-                layer=self.layer, num_classes=self._head.num_outputs, rtol=self.rtol, progress=False,
-                consumers=consumers, pool=False,
-            )
+            measurement.run(probe.loader)
         finally:
             model.train(was_training)
+        self._head = measurement.head
+        return measurement
 
-    def _pool_and_compute(self, accumulator: DLRAccumulator) -> DLRResult:
-        pool_across_processes(self.trainer.accelerator, accumulator)
-        return accumulator.compute(head_weight=None if self.layer else read_head_weight(self._head))
+    def _reduce_and_compute(self, measurement: Measurement) -> DLRResult:
+        measurement.reduce_dlr()
+        return measurement.result()
 
-    def _pool_and_compare(self, pairing: _PairWithInitial) -> float:
-        pool_across_processes(self.trainer.accelerator, pairing.cka)
-        return pairing.cka.compute()
-
-    def _agree(self, *succeeded: bool) -> list[bool]:
-        """Whether each step succeeded on every process: one all-reduce, so all ranks decide alike."""
-        accelerator = self.trainer.accelerator
-        if accelerator.num_processes == 1:
-            return list(succeeded)
-        failed = torch.tensor([0.0 if ok else 1.0 for ok in succeeded], device=accelerator.device)
-        return [count == 0 for count in accelerator.reduce(failed, "sum").tolist()]
+    def _reduce_and_compare(self, measurement: Measurement) -> float:
+        measurement.reduce_s_init()
+        return measurement.s_init()
 
     def _attempt(self, problems: list[str], what: str, action: Callable[[], _T]) -> _T | None:
         """``action()``, or None with the reason appended to ``problems`` if the measurement failed."""
@@ -373,15 +296,15 @@ class DLRCallback(TrainerCallback, ExportableState):
         """Snapshot the model at step 0 and its probe features; keep them in ``output_dir`` for resumes."""
         self._initial_parameters = parameter_snapshot(self.trainer.model)
         for name in names:
-            recorder = _Recorder()
+            recorder = self._measurement(record_features=True)
             problems: list[str] = []
-            if self._attempt(problems, "initial features", lambda: self._stream(name, (recorder,))) is None:
+            if self._attempt(problems, "initial features", lambda: self._run(recorder, name)) is None:
                 self._warn(
                     f"DLRCallback could not record probe {name!r} at step 0 ({'; '.join(problems)}); "
                     "S_init will be missing for this run"
                 )
             else:
-                self._probe(name).initial_features = recorder.features
+                self._probe(name).initial_features = recorder.recorded_features()
         features = {name: probe.initial_features for name, probe in self._probes.items() if probe.initial_features}
         try:
             reference.parent.mkdir(parents=True, exist_ok=True)
@@ -437,14 +360,14 @@ class DLRCallback(TrainerCallback, ExportableState):
             raise InvalidArgumentError(
                 "DLRCallback needs a probe: pass probe_dataset= or give the Trainer an eval or train dataset"
             )
-        indices = subsample_indices(len(dataset), self.num_samples, self.seed)
+        indices = subsample_indices(len(dataset), self.options.num_samples, self.options.seed)
         if hasattr(dataset, "select"):  # a datasets.Dataset: drop the columns the model does not take
             probe = trainer._remove_unused_columns(dataset.select(indices), description="D_LR probe")
         else:
             probe = Subset(dataset, indices)
         accelerator = trainer.accelerator
         shard = Subset(probe, list(range(accelerator.process_index, len(probe), accelerator.num_processes)))
-        batch_size = self.batch_size or trainer.args.per_device_eval_batch_size
+        batch_size = self.options.batch_size or trainer.args.per_device_eval_batch_size
         return DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=trainer.data_collator)
 
     def _restore_history(self, state: TrainerState) -> None:
@@ -478,12 +401,19 @@ class DLRCallback(TrainerCallback, ExportableState):
         return self.trainer
 
 
-def _probe_size(value: Any) -> int | None:
-    """``num_samples``: None (the whole probe set) or a whole number ≥ 2, as D_LR needs 2 samples."""
-    number = validate_num_samples(value)
-    if number is not None and number < 2:
-        raise InvalidArgumentError(f"DLRCallback(num_samples={number}): D_LR needs at least 2 samples")
-    return number
+def _callback_options(settings: dict[str, Any]) -> MeasurementOptions:
+    """The measurement options from the callback's keyword arguments (its own defaults for the rest)."""
+    allowed = MeasurementOptions.callback_defaults()
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise InvalidArgumentError(
+            f"DLRCallback got unknown setting(s) {', '.join(unknown)}; it takes probe_dataset, every_n_steps, "
+            f"write_files and {', '.join(allowed)}"
+        )
+    options = MeasurementOptions(**{**allowed, **settings})
+    if options.num_samples is not None and options.num_samples < 2:
+        raise InvalidArgumentError(f"DLRCallback(num_samples={options.num_samples}): D_LR needs at least 2 samples")
+    return options
 
 
 def _every_n_steps(value: Any) -> int:

@@ -15,9 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from dlr_hf.engine.settings import require_existing, validate_batch_size, validate_num_samples, validate_seed
+from dlr_hf.engine import (
+    CLI,
+    MeasurementOptions,
+    check_writable,
+    ensure_demo,
+    evaluate,
+    make_accelerator,
+    require_existing,
+    write_atomic,
+)
 from dlr_hf.errors import DLRError, InvalidArgumentError
-from dlr_hf.metric import DEFAULT_RTOL, validate_rtol
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +52,19 @@ def _checked(validate: Callable[[Any], Any], parse: Callable[[str], Any] = int) 
     return convert
 
 
-def _count_or_all(text: str) -> int | None:
-    return None if text.strip().lower() == "all" else int(text)
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``MeasurementOptions`` field offered on the CLI (``--num-samples`` for num_samples)."""
+    defaults = MeasurementOptions()
+    for name in MeasurementOptions.on(CLI):
+        spec = MeasurementOptions.spec(name)
+        default = getattr(defaults, name)
+        if isinstance(default, bool):  # on by default: a --no-NAME flag turns it off
+            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
+                                help=f"leave out {spec['help']}")
+            continue
+        shown = f" (default {default})" if default is not None else ""
+        kind = {"choices": spec["choices"]} if spec["choices"] else {"type": _checked(spec["validate"], spec["parse"] or str)}
+        parser.add_argument(f"--{name.replace('_', '-')}", default=default, help=spec["help"] + shown, **kind)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,18 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="split (default: test, else validation, else train)")
     ev.add_argument("--revision", help="model revision (branch, tag or commit)")
     ev.add_argument("--dataset-revision", help="dataset revision")
-    ev.add_argument("--num-samples", type=_checked(validate_num_samples, _count_or_all), default=1000,
-                    help="examples drawn from the split: a number ≥ 1 (default 1000) or 'all'")
-    ev.add_argument("--batch-size", type=_checked(validate_batch_size), default=32)
-    ev.add_argument("--seed", type=_checked(validate_seed), default=0, help="seed of the example subsample (0 … 2**32-1)")
-    ev.add_argument("--layer", help="layer-wise D_LR: module path of any nn.Linear (its input are the features)")
+    _add_options(ev)
     ev.add_argument("--input-column", action="append", dest="input_columns", help="input column (twice for text pairs)")
     ev.add_argument("--label-column", help="label column (default: detected)")
-    ev.add_argument("--reference", help="initial checkpoint, for S_init and the parameter change")
     ev.add_argument("--device-map", choices=["auto"], help="spread a model larger than one device (single process)")
-    ev.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    ev.add_argument("--rtol", type=_checked(validate_rtol, float), default=DEFAULT_RTOL,
-                    help="relative singular-value tolerance of ranks, in [1e-8, 1) (default 1e-6)")
     ev.add_argument("--output", type=Path, help="write the JSON report here")
     ev.add_argument("--plot", type=Path, help="write a PNG of the spectrum, U(k), Q(k) and π_k here")
     ev.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub (review it first)")
@@ -89,8 +100,6 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str]], str]:
         if not args.dataset:
             raise DLRError("--dataset is required when a MODEL is given (e.g. --dataset stanfordnlp/imdb)")
         return [(model, model) for model in args.models], args.dataset
-    from dlr_hf.engine import ensure_demo
-
     print("No model given: running the built-in demo (rich vs lazy ViT on the digits data).", file=sys.stderr)
     demo = ensure_demo()
     return [("demo rich", str(demo["rich"])), ("demo lazy", str(demo["lazy"]))], args.dataset or str(demo["data"])
@@ -98,8 +107,6 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str]], str]:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """--output and --plot must be writable (and the plot's format known) before minutes of measuring."""
-    from dlr_hf.engine.report import check_writable
-
     if args.output:
         check_writable(args.output, "--output")
     if args.plot:
@@ -115,13 +122,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from dlr_hf.engine import evaluate
-    from dlr_hf.engine.report import write_atomic
-    from dlr_hf.engine.stream import make_accelerator
-
     _check_outputs(args)
     targets, dataset = _targets(args)
-    accelerator = make_accelerator(args.precision)
+    options = MeasurementOptions.from_mapping(vars(args))
+    accelerator = make_accelerator(options.precision)
     reports = []
     for label, model in targets:
         report = evaluate(
@@ -133,16 +137,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             dataset_revision=args.dataset_revision,
             input_columns=args.input_columns,
             label_column=args.label_column,
-            num_samples=args.num_samples,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            layer=args.layer,
-            precision=args.precision,
             device_map=args.device_map,
             trust_remote_code=args.trust_remote_code,
             safetensors_only=not args.allow_pickle,
-            reference_model=args.reference,
-            rtol=args.rtol,
+            options=options,
             accelerator=accelerator,
             progress=not args.quiet,
         )

@@ -1,8 +1,9 @@
 """The app's result store: every evaluation kept in an embedded SQLite database.
 
 A result is keyed by everything that determines it — the model's Hub commit (or a content hash
-of a local folder), the dataset's fingerprint, split, number of samples, seed, layer, the
-reference (initial) checkpoint and the package version — so a repeated request is answered from
+of a local folder), the dataset's fingerprint, split, every measurement option that changes the
+numbers (``MeasurementOptions.keyed()``: number of samples, seed, layer, …), the reference (initial)
+checkpoint and the package version — so a repeated request is answered from
 the store at once, and a new package version never serves an old number.
 
 The database path is ``$DLR_HF_HISTORY_DB`` (default ``~/.cache/dlr-hf/history.sqlite``, or under
@@ -24,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dlr_hf.engine.report import EvaluationReport
+from dlr_hf.engine import EvaluationReport
 
 HISTORY_ENV = "DLR_HF_HISTORY_DB"
 
@@ -144,11 +145,12 @@ class RequestKey:
     model_ref: str
     dataset_fingerprint: str
     split: str | None
-    num_samples: int | None
-    seed: int
-    layer: str | None
+    settings: tuple[tuple[str, Any], ...]  # MeasurementOptions.keyed()
     reference_ref: str | None
     version: str
+
+    def setting(self, name: str) -> Any:
+        return dict(self.settings).get(name)
 
     @property
     def digest(self) -> str:
@@ -195,7 +197,8 @@ class HistoryStore:
         created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         values = (
             key.digest, created, model, revision, key.model_ref, dataset, dataset_config, key.split,
-            key.dataset_fingerprint, key.num_samples, key.seed, key.layer, reference, key.version,
+            key.dataset_fingerprint, key.setting("num_samples"), key.setting("seed"), key.setting("layer"), reference,
+            key.version,
             _finite(report.dlr), _finite(report.baselines.get("accuracy")), int(bool(report.degenerate)),
             _finite(report.timings.get("total")), report.to_json(indent=None),
         )

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from dlr_hf.metric import DLRResult
+from dlr_hf.engine import DLRResult
 
 
 def visualisation_figure(results: Sequence[DLRResult], labels: Sequence[str]) -> Figure:

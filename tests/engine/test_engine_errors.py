@@ -296,7 +296,7 @@ def cases(i: Inputs, tokenizer: Any) -> dict[str, Case]:
             InvalidArgumentError, "fp8",
         ),
         "max_length of 0": (
-            None,
+            [bert, "--dataset", texts, "--max-length", "0"],
             lambda: evaluate("org/no-such-model", texts, max_length=0),
             InvalidArgumentError, "max_length must be at least 1 token, got 0",
         ),
@@ -412,8 +412,8 @@ CLI_ONLY = {
     "model without --dataset", "missing model folder without --dataset", "--output is a folder", "--output under a file",
     "--plot with an unknown format", "not a number",
 }
-# an in-memory model cannot be named on a command line; max_length has no flag
-API_ONLY = {"no linear head (tanh after the Linear)", "max_length of 0"}
+# an in-memory model cannot be named on a command line
+API_ONLY = {"no linear head (tanh after the Linear)"}
 
 
 @pytest.mark.parametrize("name", [name for name in CASE_NAMES if name not in CLI_ONLY])
