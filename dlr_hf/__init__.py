@@ -20,6 +20,7 @@ _LAZY = {
     "evaluate": "dlr_hf.engine",
     "EvaluationReport": "dlr_hf.engine",
     "DLRCallback": "dlr_hf.surfaces.callback",
+    "demo": "dlr_hf.engine",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -7,7 +7,7 @@ This package is everything the surfaces (``dlr_hf.surfaces``) may import besides
 """
 
 from dlr_hf.engine.data import ColumnPlan, detect_columns, load_data, subsample_indices
-from dlr_hf.engine.demo import ensure_demo
+from dlr_hf.engine.demo import demo, ensure_demo
 from dlr_hf.engine.devices import make_accelerator
 from dlr_hf.engine.evaluate import evaluate
 from dlr_hf.engine.loading import load_model
@@ -30,6 +30,7 @@ __all__ = [
     "Measurement",
     "MeasurementOptions",
     "check_writable",
+    "demo",
     "detect_columns",
     "ensure_demo",
     "evaluate",

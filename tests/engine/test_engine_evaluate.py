@@ -86,7 +86,9 @@ def test_bert_text_equals_pooler_output(tokenizer):
 def test_rich_demo_is_richer_than_lazy(demo_reports, demo):
     rich, lazy = demo_reports["rich"], demo_reports["lazy"]
     assert 0 <= rich.dlr < lazy.dlr <= 1
-    assert lazy.dlr - rich.dlr > 0.15  # the paper's contrast, not a coin flip
+    # The paper's point, which the demo exists to show: richness decoupled from accuracy.
+    assert lazy.dlr - rich.dlr >= 0.25
+    assert abs(lazy.result.accuracy - rich.result.accuracy) <= 0.03
     for name, report in demo_reports.items():
         assert report.model["path"] == str(demo[name].resolve())
         assert report.model["commit"] is None  # a local folder has no Hub commit
