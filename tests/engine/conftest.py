@@ -5,7 +5,6 @@ The demo itself (``demo``, ``demo_cache``) comes from the session fixture in tes
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
