@@ -1,4 +1,12 @@
-"""D_LR as a streaming statistic: accumulate in one pass, merge, reduce, compute (SPEC §2–§4)."""
+"""D_LR as a streaming statistic: accumulate in one pass, merge, reduce, compute (SPEC §2–§4).
+
+Precision choices. Every statistic is float64 (count, mean, the Chan-pooled centred scatter, class
+sums), whatever precision the model runs in: fp16/bf16 features are cast batch by batch, and the
+coarsest input precision seen sets the rounding floors below which variance counts as zero. The
+statistics live on ``device`` — the engine passes the model's device — so the per-batch scatter
+update and the finish's big products (``eigh`` of S, W·V in 1024-row float64 blocks of W) run where
+the model is, in float64; only plain numbers and the per-direction lists of the result leave it.
+"""
 
 from __future__ import annotations
 
