@@ -64,3 +64,7 @@ class InputColumnError(DLRError):
 
 class ModalityMismatchError(DLRError):
     """The dataset's modality does not fit the model (e.g. an image model given text)."""
+
+
+class OutputsTooWideError(DLRError):
+    """A per-layer profile was asked of a model whose outputs are too wide to keep a scatter per layer."""

@@ -11,7 +11,7 @@ from dlr_hf.engine.demo import demo, ensure_demo
 from dlr_hf.engine.devices import make_accelerator
 from dlr_hf.engine.evaluate import evaluate
 from dlr_hf.engine.loading import load_model
-from dlr_hf.engine.measurement import Measurement
+from dlr_hf.engine.measurement import LayerReading, Measurement
 from dlr_hf.engine.options import APP, CALLBACK, CLI, MeasurementOptions
 from dlr_hf.engine.report import SCHEMA, EvaluationReport, check_writable, reading, write_atomic
 from dlr_hf.engine.settings import looks_like_path, require_existing
@@ -27,6 +27,7 @@ __all__ = [
     "DLRResult",
     "EvaluationReport",
     "HeadInfo",
+    "LayerReading",
     "Measurement",
     "MeasurementOptions",
     "check_writable",

@@ -98,7 +98,9 @@ def evaluate(
         options, **settings: the measurement settings, a ``MeasurementOptions`` or its fields as
             keywords: ``num_samples`` (examples drawn by ``seed``; None = all), ``batch_size``,
             ``seed``, ``layer`` (module path of any ``nn.Linear`` for layer-wise D_LR: features =
-            its input, outputs = the model's final logits), ``precision`` (fp32, bf16, fp16 for the
+            its input, outputs = the model's final logits), ``layers`` (a richness profile in the
+            same forward: ``"blocks"`` or module-path patterns, see ``dlr_hf.models.blocks``; the
+            report's ``layers``), ``precision`` (fp32, bf16, fp16 for the
             model; statistics are always float64), ``rtol``, ``max_length``, ``baselines``.
 
     Every process of an ``accelerate launch`` must call this (the reduction is collective);
@@ -127,9 +129,10 @@ def evaluate(
     measurement.reduce_dlr()
     result = measurement.result()
     baselines = _baselines(result, measurement)
+    layers = [reading.to_dict() for reading in measurement.profile()]
     timings["compute"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
-    return _report(result, baselines, measurement, loaded, inputs, device_map, timings)
+    return _report(result, baselines, layers, measurement, loaded, inputs, device_map, timings)
 
 
 def _options(options: MeasurementOptions | None, settings: dict[str, Any], reference: Any) -> MeasurementOptions:
@@ -218,7 +221,8 @@ def _baselines(result: DLRResult, measurement: Measurement) -> dict[str, Any]:
 
 
 def _report(
-    result: DLRResult, baselines: dict[str, Any], measurement: Measurement, loaded: LoadedModel, inputs: _Inputs,
+    result: DLRResult, baselines: dict[str, Any], layers: list[dict[str, Any]], measurement: Measurement,
+    loaded: LoadedModel, inputs: _Inputs,
     device_map: str | dict | None, timings: dict[str, float],
 ) -> EvaluationReport:
     head, options = measurement.head, measurement.options
@@ -249,5 +253,6 @@ def _report(
             "device_map": device_map if isinstance(device_map, (str, type(None))) else "custom",
         },
         timings=timings,
+        layers=layers,
         warnings=loaded.warnings + list(inputs.plan.warnings) + list(head.notices) + result.warnings,
     )

@@ -11,15 +11,17 @@ during training, the app through ``evaluate()``. The life of a measurement:
 
 ``feed(batch)`` runs the forward itself; a caller that already ran it under ``tapping()`` (e.g. a
 Trainer's own evaluation step) hands its output to ``collect(batch, output)`` instead. The head is
-located from the first batch fed (``locate``). Each tapped site (today: the head, or the one layer
-of ``options.layer``) has its own tap and accumulator, all filled from the same forward.
+located from the first batch fed (``locate``). Each tapped site (the head, or the one layer of
+``options.layer``; then every layer of the ``options.layers`` profile) has its own tap and
+accumulator, all filled from the same forward; ``profile()`` reads the per-layer results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 from dlr_hf.engine.options import MeasurementOptions
 from dlr_hf.engine.devices import input_device
-from dlr_hf.errors import DLRError, HeadNotFoundError, ShapeMismatchError
+from dlr_hf.errors import DLRError, HeadNotFoundError, OutputsTooWideError, ShapeMismatchError
 from dlr_hf.metric import (
     DLRAccumulator,
     DLRResult,
@@ -39,11 +41,47 @@ from dlr_hf.metric import (
     parameter_norm,
     parameter_snapshot,
 )
-from dlr_hf.models import FeatureTap, HeadInfo, Samples, locate_head, model_inputs, read_head_weight, relocate
+from dlr_hf.models import (
+    FeatureTap,
+    HeadInfo,
+    ProfileLayer,
+    Samples,
+    locate_head,
+    model_inputs,
+    profile_layers,
+    profile_tap,
+    read_head_weight,
+    relocate,
+)
 
 Batch = Mapping[str, torch.Tensor]
 PROBE_ROWS = 2
 """Rows of the first batch the head-locating forward runs on: every Linear's output is held during it."""
+MAX_PROFILE_OUTPUTS = 4096
+"""Widest outputs a profile accepts: each layer keeps a (p + C)² float64 scatter of features and logits."""
+
+
+@dataclass(frozen=True)
+class LayerReading:
+    """One layer of a richness profile: D_LR of its features against the final logits, and S_init."""
+
+    name: str
+    depth: int
+    module_path: str
+    result: DLRResult
+    s_init: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``layers`` row (schema in ``dlr_hf.engine.report``)."""
+        r = self.result
+        row = {
+            "name": self.name, "depth": self.depth, "module_path": self.module_path, "feature_dim": r.feature_dim,
+            "dlr": r.dlr, "rank": r.rank, "feature_rank": r.feature_rank, "effective_rank": r.effective_rank,
+            "degenerate": r.degenerate, "num_samples": r.num_samples,
+        }
+        return row if self.s_init is None else {**row, "s_init": self.s_init}
+
+
 
 
 @dataclass
@@ -54,6 +92,7 @@ class _Site:
     layer: str | None
     tap: FeatureTap
     accumulator: DLRAccumulator
+    profiled: ProfileLayer | None = None
     reference_tap: FeatureTap | None = None
     cka: LinearCKAAccumulator | None = None
     initial: list[torch.Tensor] | None = None
@@ -157,14 +196,14 @@ class Measurement:
                 "Measurement.collect needs the taps on: call it inside `with measurement.tapping():`, after "
                 "locate(batch) (or with the head given)"
             )
-        samples = {site.name: site.tap.collect(batch, output, labels=batch.get("labels")) for site in self._sites}
-        for site in self._sites:
-            site.accumulator.update(samples[site.name].features, samples[site.name].outputs, samples[site.name].labels)
+        samples = [site.tap.collect(batch, output, labels=batch.get("labels")) for site in self._sites]
+        for site, sample in zip(self._sites, samples):
+            site.accumulator.update(sample.features, sample.outputs, sample.labels)
         self._pair_with_reference(batch, samples)
-        for site in self._sites:
-            self._pair_with_initial(site, samples[site.name])
+        for site, sample in zip(self._sites, samples):
+            self._pair_with_initial(site, sample)
             if site.recorded is not None:
-                site.recorded.append(samples[site.name].features.detach().to("cpu", torch.float32))
+                site.recorded.append(sample.features.detach().to("cpu", torch.float32))
 
     def run(self, batches: Iterable[Batch], *, progress: bool = False, total: int | None = None) -> None:
         """Stream every batch once (this process's share; nothing collective)."""
@@ -220,6 +259,24 @@ class Measurement:
         site = self._primary()
         return site.accumulator.compute(head_weight=None if site.layer else read_head_weight(self.head))
 
+    def profile(self) -> list[LayerReading]:
+        """D_LR of every layer of ``options.layers``, shallow to deep ([] without ``layers``).
+
+        Reads the statistics fed (after ``reduce_dlr()`` and, for S_init, ``reduce_s_init()`` when several
+        processes). S_init is None unless a reference model runs beside this one.
+        """
+        return [
+            LayerReading(
+                name=site.profiled.name,
+                depth=site.profiled.depth,
+                module_path=site.profiled.module_path,
+                result=site.accumulator.compute(),
+                s_init=None if site.reference_tap is None else site.cka.compute(),
+            )
+            for site in self._sites
+            if site.profiled is not None
+        ]
+
     def s_init(self) -> float:
         """Linear CKA between the initial and the current features (SPEC §4)."""
         problem = self.s_init_problem
@@ -260,45 +317,77 @@ class Measurement:
 
     def _build_sites(self) -> None:
         layer = self.options.layer
-        tap = FeatureTap(self.model, self.head, layer=layer)  # first: it checks that `layer` names a linear layer
+        reference_head = None
+        if self._reference is not None:
+            reference_head = locate_like(self._reference.model, self.head, self._reference.names)
+        # first: FeatureTap checks that `layer` names a linear layer
+        primary = self._new_site(
+            layer or "head", partial(FeatureTap, layer=layer), layer, _tapped_dim(self.model, self.head, layer), reference_head
+        )
+        primary.recorded = [] if self._record else None
+        if self._reference is None and self._initial_features is not None:
+            primary.initial = self._initial_features
+            primary.cka = LinearCKAAccumulator()
+        self._sites = [primary, *self._profile_sites(reference_head)]
+        if self._stack is not None:
+            for site in self._sites:
+                self._enter(site)
+
+    def _profile_sites(self, reference_head: HeadInfo | None) -> list[_Site]:
+        """One site per layer of ``options.layers`` (none without it); refused for very wide outputs."""
+        if self.options.layers is None:
+            return []
+        if self.head.num_outputs > MAX_PROFILE_OUTPUTS:
+            raise OutputsTooWideError(
+                f"a per-layer profile needs outputs of moderate width: this model has C = {self.head.num_outputs} "
+                f"outputs (at most {MAX_PROFILE_OUTPUTS}), and each layer would keep a (p + C)² float64 scatter of "
+                "its features and the logits; measure the final head alone (no layers=), or a classification head"
+            )
+        sites = []
+        for profiled in profile_layers(self.model, self.options.layers):
+            dim = None if profiled.is_block else _tapped_dim(self.model, self.head, profiled.module_path)
+            make_tap = partial(profile_tap, layer=profiled)
+            site = self._new_site(profiled.name, make_tap, profiled.module_path, dim, reference_head)
+            site.profiled = profiled
+            sites.append(site)
+        return sites
+
+    def _new_site(
+        self, name: str, make_tap: Callable[[nn.Module, HeadInfo], FeatureTap], layer: str | None, feature_dim: int | None,
+        reference_head: HeadInfo | None,
+    ) -> _Site:
+        """A site reading ``layer`` (None: the head), with its reference tap when a reference model runs."""
         site = _Site(
-            name=layer or "head",
+            name=name,
             layer=layer,
-            tap=tap,
+            tap=make_tap(self.model, self.head),
             accumulator=DLRAccumulator(
                 track_outputs=layer is not None,
                 num_classes=self.head.num_outputs,
                 rtol=self.options.rtol,
                 device=self.device,
-                feature_dim=_tapped_dim(self.model, self.head, layer),
+                feature_dim=feature_dim,
                 num_outputs=self.head.num_outputs,
             ),
-            recorded=[] if self._record else None,
         )
-        if self._reference is not None:
-            reference_head = locate_like(self._reference.model, self.head, self._reference.names)
-            site.reference_tap = FeatureTap(self._reference.model, reference_head, layer=layer)
+        if reference_head is not None:
+            site.reference_tap = make_tap(self._reference.model, reference_head)
             site.cka = LinearCKAAccumulator()
-        elif self._initial_features is not None:
-            site.initial = self._initial_features
-            site.cka = LinearCKAAccumulator()
-        self._sites = [site]
-        if self._stack is not None:
-            self._enter(site)
+        return site
 
     def _enter(self, site: _Site) -> None:
         self._stack.enter_context(site.tap)
         if site.reference_tap is not None:
             self._stack.enter_context(site.reference_tap)
 
-    def _pair_with_reference(self, batch: Batch, samples: dict[str, Samples]) -> None:
+    def _pair_with_reference(self, batch: Batch, samples: list[Samples]) -> None:
         """Run the reference model on the same batch and stream CKA against each site's features."""
         if self._reference is None:
             return
         output = self._reference.model(**model_inputs(batch))
-        for site in self._sites:
+        for site, sample in zip(self._sites, samples):
             initial = site.reference_tap.collect(batch, output, labels=None)
-            site.cka.update(initial.features, samples[site.name].features)
+            site.cka.update(initial.features, sample.features)
 
     def _pair_with_initial(self, site: _Site, samples: Samples) -> None:
         """CKA of this batch against its recorded initial features; a mismatch is kept, not raised,

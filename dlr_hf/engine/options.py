@@ -42,6 +42,17 @@ def _optional_text(value: Any) -> str | None:
     return value.strip() or None
 
 
+def _layer_patterns(value: Any) -> str | None:
+    """``layers``: "blocks" or comma-separated module-path patterns, spaces around commas dropped."""
+    text = _optional_text(value)
+    if text is None:
+        return None
+    patterns = [pattern.strip() for pattern in text.split(",")]
+    if not all(patterns):
+        raise InvalidArgumentError(f"layers {text!r} has an empty pattern; separate module-path patterns with single commas")
+    return ",".join(patterns)
+
+
 def _reference(value: Any) -> str | Path | nn.Module | None:
     """The initial checkpoint: a Hub id, a folder or a loaded model."""
     if value is None or isinstance(value, (Path, nn.Module)):
@@ -96,6 +107,13 @@ class MeasurementOptions:
     layer: str | None = option(
         None, "layer", "layer-wise D_LR: module path of any nn.Linear (its input are the features, the final logits the outputs)",
         _optional_text,
+    )
+    layers: str | None = option(
+        None, "layers",
+        "richness profile across depth, one forward pass: 'blocks' (the hidden state after every block, read where "
+        "the head reads) or comma-separated module-path patterns of linear layers, '*' = one path part "
+        "(e.g. 'bert.encoder.layer.*.output.dense')",
+        _layer_patterns, surfaces=(CLI, CALLBACK),  # the app has its own Layers tab
     )
     seed: int = option(0, "seed", "seed of the example subsample (0 … 2**32-1)", validate_seed, parse=int)
     reference: str | Path | nn.Module | None = option(

@@ -1,8 +1,8 @@
-"""The evaluation report: one JSON document a script can consume (schema ``dlr-hf/report/v1``).
+"""The evaluation report: one JSON document a script can consume (schema ``dlr-hf/report/v2``).
 
 Top-level keys:
 
-* ``schema`` — ``"dlr-hf/report/v1"``
+* ``schema`` — ``"dlr-hf/report/v2"`` (v2 added ``layers``; v1 documents still load, with no layers)
 * ``dlr`` — the D_LR value (0 = maximally rich, 1 = maximally lazy)
 * ``degenerate``, ``warnings`` — SPEC §2 edge cases and caveats (imbalanced classes, …)
 * ``model`` — ``id``, ``revision``, ``commit`` (Hub checkpoints), ``path`` (local), ``class``, ``dtype``
@@ -22,7 +22,13 @@ Top-level keys:
   (negative), ``out_of_range`` (≥ C), ``not_integer`` (incl. NaN)), ``nc1_convention``, …
 * ``baselines`` — ``accuracy``, ``nc1``, ``effective_rank``, ``param_norm`` (‖θ‖², unless the
   ``baselines`` option is off) and, with a reference (initial) model, ``s_init`` and ``param_change``
-* ``settings`` — every ``MeasurementOptions`` field (``num_samples`` cap, ``batch_size``, ``layer``,
+* ``layers`` — the richness profile across depth (the ``layers`` option; empty without it), shallow
+  to deep, one object per layer: ``name`` (``block_07``, or the module path), ``depth`` (1 = the
+  shallowest layer profiled), ``module_path`` (the block, or the linear layer whose input is read),
+  ``feature_dim`` (p), ``dlr`` (layer-wise D_LR: that layer's features against the final logits),
+  ``rank`` (r of the logits), ``feature_rank``, ``effective_rank``, ``degenerate``, ``num_samples``,
+  and ``s_init`` (linear CKA to the reference model's same layer) when a reference is given
+* ``settings`` — every ``MeasurementOptions`` field (``num_samples`` cap, ``batch_size``, ``layer``, ``layers``,
   ``seed``, ``reference`` when given, ``rtol``, ``precision``, ``max_length``, ``baselines``), and
   ``num_processes``, ``device``, ``device_map``
 * ``timings`` — seconds: ``load_model``, ``load_data``, ``forward``, ``compute``, ``total``
@@ -42,7 +48,8 @@ from typing import Any, BinaryIO, Callable
 from dlr_hf.errors import InvalidArgumentError
 from dlr_hf.metric import DLRResult
 
-SCHEMA = "dlr-hf/report/v1"
+SCHEMA = "dlr-hf/report/v2"
+_READABLE_SCHEMAS = ("dlr-hf/report/v1", SCHEMA)
 
 
 def library_versions() -> dict[str, str]:
@@ -75,6 +82,7 @@ class EvaluationReport:
     settings: dict[str, Any]
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=library_versions)
 
     @property
@@ -96,6 +104,7 @@ class EvaluationReport:
             "head": self.head,
             "result": self.result.to_dict(),
             "baselines": self.baselines,
+            "layers": list(self.layers),
             "settings": self.settings,
             "timings": self.timings,
             "versions": self.versions,
@@ -109,7 +118,7 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
-        if data.get("schema") != SCHEMA:
+        if data.get("schema") not in _READABLE_SCHEMAS:
             raise ValueError(f"not a {SCHEMA} report (schema = {data.get('schema')!r})")
         return cls(
             result=DLRResult(**data["result"]),
@@ -120,6 +129,7 @@ class EvaluationReport:
             settings=data["settings"],
             timings=data["timings"],
             warnings=data["warnings"],
+            layers=data.get("layers", []),
             versions=data["versions"],
         )
 
@@ -137,8 +147,26 @@ class EvaluationReport:
         extras = [f"{key} = {value:.4g}" for key, value in self.baselines.items() if isinstance(value, (int, float)) and value is not None]
         if extras:
             lines.append("also     " + ", ".join(extras))
+        lines += profile_table(self.layers)
         lines += [f"warning  {warning}" for warning in self.warnings]
         return "\n".join(lines)
+
+
+def profile_table(layers: list[dict[str, Any]]) -> list[str]:
+    """The richness profile as a small text table (no lines without one)."""
+    if not layers:
+        return []
+    s_init = any("s_init" in row for row in layers)
+    width = max(len(row["name"]) for row in layers)
+    header = f"{'layer':<{width}}  depth      p    D_LR  rank  feat.rank  eff.rank" + ("  S_init" if s_init else "")
+    lines = ["profile  D_LR of each layer's features against the final logits", "  " + header]
+    for row in layers:
+        line = (f"{row['name']:<{width}}  {row['depth']:>5}  {row['feature_dim']:>5}  {row['dlr']:.4f}  {row['rank']:>4}"
+                f"  {row['feature_rank']:>9}  {row['effective_rank']:>8.1f}")
+        if s_init:
+            line += f"  {row['s_init']:.4f}" if "s_init" in row else "       —"
+        lines.append("  " + line + ("  (degenerate)" if row["degenerate"] else ""))
+    return lines
 
 
 def check_writable(path: str | Path, what: str = "output") -> Path:

@@ -89,7 +89,7 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, head: HeadInfo, layer: str | None = None) -> None:
         self.model, self.head, self.layer = model, head, layer
-        self._layer_module = None if layer is None else _find_layer(model, layer)
+        self._layer_module = None if layer is None else self._tapped_module(model, layer)
         if layer is None and not head.linears:
             raise HeadNotFoundError(
                 f"No linear head makes the logits of {type(model).__name__}, so head-mode D_LR has no "
@@ -106,7 +106,7 @@ class FeatureTap:
         if self._layer_module is None:
             self._heads = [_Capture(module, keep_input=True, keep_output=True) for _, module in self.head.linears]
         else:
-            self._layer = _Capture(self._layer_module, keep_input=True, keep_output=False)
+            self._layer = self._capture_layer()
             if self.head.selection == "selected_position":
                 self._heads = [_Capture(self.head.module, keep_input=False, keep_output=True)]
         return self
@@ -118,6 +118,21 @@ class FeatureTap:
             capture.handle.remove()
             capture.release()
         self._heads, self._layer = [], None
+
+    # Layer-wise mode reads a linear layer's input; a subclass (``dlr_hf.models.blocks.BlockTap``)
+    # reads a block's output instead by overriding these four.
+    def _tapped_module(self, model: nn.Module, layer: str) -> nn.Module:
+        return _find_layer(model, layer)
+
+    def _capture_layer(self) -> _Capture:
+        return _Capture(self._layer_module, keep_input=True, keep_output=False)
+
+    def _layer_features(self) -> torch.Tensor | None:
+        return self._layer.input
+
+    def _pool(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One row per example from a layer that sees every position (pooled and per-choice heads)."""
+        return _mean_over_positions(features, mask)
 
     def _captures(self) -> list[_Capture]:
         return self._heads + ([] if self._layer is None else [self._layer])
@@ -142,7 +157,7 @@ class FeatureTap:
                 f"The head {self.head.module_path!r} did not run in the last forward; call collect "
                 "once after each model(**inputs), on the model the head was located in."
             )
-        if self._layer is not None and self._layer.input is None:
+        if self._layer is not None and self._layer_features() is None:
             raise LayerNotFoundError(
                 f"Layer {self.layer!r} did not run in the last forward; pick a layer on the path "
                 "from the inputs to the logits."
@@ -162,7 +177,7 @@ class FeatureTap:
             features = torch.cat([capture.input.to(device) for capture in self._heads], dim=-1)
             outputs = head_out
         else:
-            features, outputs = self._layer.input.to(device), logits
+            features, outputs = self._layer_features().to(device), logits
 
         if selection == "per_position":
             return self._per_position(features, outputs, inputs, labels)
@@ -185,7 +200,7 @@ class FeatureTap:
             elif features.ndim == 3 and features.shape[1] == head_out.shape[1]:
                 features = features[rows, positions]
         if features.ndim > 2:
-            features = _mean_over_positions(features, mask)
+            features = self._pool(features, mask)
         if features.shape[0] != outputs.shape[0]:
             raise ShapeMismatchError(
                 f"Layer {self.layer!r} sees {features.shape[0]} rows for {outputs.shape[0]} predictions "

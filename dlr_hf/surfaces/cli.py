@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-column", help="label column (default: detected)")
     ev.add_argument("--device-map", choices=["auto"], help="spread a model larger than one device (single process)")
     ev.add_argument("--output", type=Path, help="write the JSON report here")
-    ev.add_argument("--plot", type=Path, help="write a PNG of the spectrum, U(k), Q(k) and π_k here")
+    ev.add_argument("--plot", type=Path, help="write a PNG of the spectrum, U(k), Q(k) and π_k here (with --layers: "
+                    "also the profile across depth, beside it as NAME-layers.EXT)")
     ev.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub (review it first)")
     ev.add_argument("--allow-pickle", action="store_true",
                     help="load Hub checkpoints that ship only pickle weights (pickle can run code; local folders always load)")
@@ -119,6 +120,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
                 + ", ".join(f".{name}" for name in sorted(formats))
             )
         check_writable(args.plot, "--plot")
+        if args.layers:
+            check_writable(profile_plot_path(args.plot), "--plot (profile)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -154,13 +157,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
         write_atomic(args.output, json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n")
         print(f"report written to {args.output}")
     if args.plot:
-        from dlr_hf.surfaces.plots import visualisation_figure
-
-        figure = visualisation_figure([r.result for _, r in reports], [label for label, _ in reports])
-        file_format = args.plot.suffix.lower().lstrip(".")
-        write_atomic(args.plot, lambda stream: figure.savefig(stream, format=file_format, dpi=110))
-        print(f"plot written to {args.plot}")
+        _write_plots(args.plot, reports)
     return 0
+
+
+def profile_plot_path(plot: Path) -> Path:
+    """Where ``--plot`` puts the profile across depth: beside the visualisations, NAME-layers.EXT."""
+    return plot.with_name(f"{plot.stem}-layers{plot.suffix}")
+
+
+def _write_plots(plot: Path, reports: list[tuple[str, Any]]) -> None:
+    """The SPEC §3 visualisations at ``plot``; with a profile, D_LR across depth (every model overlaid) beside it."""
+    from dlr_hf.surfaces.plots import profile_figure, visualisation_figure
+
+    labels = [label for label, _ in reports]
+    figures = [(plot, visualisation_figure([r.result for _, r in reports], labels))]
+    if any(report.layers for _, report in reports):
+        profile = profile_figure([r.layers for _, r in reports], labels, [r.dlr for _, r in reports])
+        figures.append((profile_plot_path(plot), profile))
+    file_format = plot.suffix.lower().lstrip(".")
+    for path, figure in figures:
+        write_atomic(path, lambda stream, figure=figure: figure.savefig(stream, format=file_format, dpi=110))
+        print(f"plot written to {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

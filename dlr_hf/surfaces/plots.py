@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -60,4 +60,44 @@ def trajectory_figure(steps: Sequence[float], series: dict[str, Sequence[float |
     axis.set_ylabel("D_LR (0 = rich, 1 = lazy) · accuracy")
     axis.grid(alpha=0.3)
     axis.legend()
+    return figure
+
+
+def profile_figure(profiles: Sequence[Sequence[dict[str, Any]]], labels: Sequence[str],
+                   heads: Sequence[float | None] | None = None) -> Figure:
+    """D_LR (and S_init, when measured) against depth, one line per model; the final head's D_LR as a star.
+
+    ``profiles``: each model's report ``layers`` rows; ``heads``: each model's final-head D_LR.
+    """
+    with_s_init = any("s_init" in row for rows in profiles for row in rows)
+    figure, axes = plt.subplots(1, 2 if with_s_init else 1, figsize=(12 if with_s_init else 7.5, 4.5),
+                                constrained_layout=True, squeeze=False)
+    dlr_axis = axes[0][0]
+    for index, (rows, label) in enumerate(zip(profiles, labels)):
+        depth = [row["depth"] for row in rows]
+        line, = dlr_axis.plot(depth, [row["dlr"] for row in rows], marker="o", label=label)
+        head = heads[index] if heads else None
+        if head is not None and rows:
+            dlr_axis.plot([max(depth) + 1], [head], marker="*", markersize=13, color=line.get_color(), linestyle="none")
+        if with_s_init:
+            points = [(row["depth"], row["s_init"]) for row in rows if "s_init" in row]
+            if points:
+                axes[0][1].plot(*zip(*points), marker="o", color=line.get_color(), label=label)
+    names = [row["name"] for row in profiles[0]] if profiles else []
+    if names:
+        ticks = list(range(1, len(names) + 1)) + ([len(names) + 1] if heads else [])
+        tick_names = [name.replace("block_", "") for name in names] + (["head"] if heads else [])
+        for axis in axes[0]:
+            axis.set_xticks(ticks, tick_names, rotation=0 if len(names) <= 16 and max(map(len, tick_names)) <= 4 else 60,
+                            fontsize=8)
+            axis.set_xlabel("block" if names[0].startswith("block_") else "layer")
+            axis.grid(alpha=0.3)
+    dlr_axis.set_ylim(-0.02, 1.02)
+    dlr_axis.set_ylabel("D_LR (0 = rich, 1 = lazy)")
+    dlr_axis.set_title("Richness across depth: each layer's features against the final logits (★ the head)")
+    dlr_axis.legend(fontsize=8)
+    if with_s_init:
+        axes[0][1].set_ylim(-0.02, 1.02)
+        axes[0][1].set_ylabel("S_init (CKA to the initial features)")
+        axes[0][1].set_title("Similarity to initialisation across depth")
     return figure

@@ -105,8 +105,9 @@ def test_json_report_round_trip(demo_reports, tmp_path):
     assert document["dlr"] == report.dlr == document["result"]["dlr"]
     assert set(document) == {
         "schema", "dlr", "degenerate", "warnings", "model", "dataset", "head", "result",
-        "baselines", "settings", "timings", "versions",
+        "baselines", "layers", "settings", "timings", "versions",
     }
+    assert document["layers"] == []  # no profile asked for
     again = EvaluationReport.from_dict(document)
     assert again.to_json() == text
     assert again.dlr == report.dlr and again.result.spectrum == report.result.spectrum
