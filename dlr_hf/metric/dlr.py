@@ -334,7 +334,7 @@ class DLRAccumulator(MergeableState):
                 "function varies in no direction the features vary in, so D_LR is undefined"
             )
         feature_norm = float(torch.linalg.vector_norm(spectrum.eigenvalues))
-        cka = float((function.basis**2).sum()) / (feature_norm * math.sqrt(function.rank))
+        cka = function.captured_scatter(spectrum) / (feature_norm * math.sqrt(function.rank))
         if not math.isfinite(cka):
             raise NonFiniteError("D_LR came out non-finite: the statistics overflowed; rescale the features")
         cka = min(max(cka, 0.0), 1.0)

@@ -55,15 +55,23 @@ def numerical_rank(squared_singular_values: torch.Tensor, rtol: float, floor: fl
 class LearnedFunction:
     """The learned function as D_LR sees it, in S's eigenbasis.
 
-    ``basis`` B (p×r) factors ``G = Φ_cᵀ P_Y Φ_c = B Bᵀ`` (G itself, p×p, is never formed);
-    ``rank`` is r = rank(Y_c); ``output_power`` is ``λ_k ‖W v_k‖²`` per direction (0 past the feature
-    rank), the centred output variance each feature direction carries.
+    ``basis`` B (p×r) factors ``G = Φ_cᵀ P_Y Φ_c = B Bᵀ`` (G itself, p×p, is never formed); ``None``
+    when the learned function spans every kept feature direction (``G = S`` on the feature rank's
+    span, the LM-head case), which needs no factor at all. ``rank`` is r = rank(Y_c);
+    ``output_power`` is ``λ_k ‖W v_k‖²`` per direction (0 past the feature rank), the centred output
+    variance each feature direction carries.
     """
 
-    basis: torch.Tensor
+    basis: torch.Tensor | None
     rank: int
     output_power: torch.Tensor
     num_outputs: int
+
+    def captured_scatter(self, spectrum: FeatureSpectrum) -> float:
+        """``tr G = ‖P_Y Φ_c‖²_F``: ``‖B‖²_F``, or ``Σ_k λ_k`` over the feature rank when G = S."""
+        if self.basis is None:
+            return float(spectrum.eigenvalues[: spectrum.rank].sum())
+        return float((self.basis**2).sum())
 
 
 ROW_BLOCK = 1024
@@ -121,17 +129,16 @@ def learned_function_from_head(
         basis = v @ ((lam[:, None] * (n_mat.T @ vectors[:, kept])) / values[kept].sqrt())
         output_power[:k] = lam * (n_mat**2).sum(0)
         return LearnedFunction(basis, rank, output_power, num_outputs)
-    head_gram, frobenius = _head_gram_in(weight, v)  # k×k: NᵀN = VᵀWᵀWV, accumulated over blocks of rows
+    head_gram, frobenius = _head_gram_in(weight, v)  # k×k: NᵀN = VᵀWᵀWV
+    output_power[:k] = lam * torch.diagonal(head_gram)
     floor = input_floor * _largest_eigenvalue(head_gram) + float64_floor * frobenius
     root = lam.sqrt()
-    output_gram = root[:, None] * head_gram * root[None, :]
+    output_gram = head_gram.mul_(root[:, None]).mul_(root[None, :])  # M Mᵀ = Λ^½ NᵀN Λ^½, in place
     rank = numerical_rank(torch.linalg.eigvalsh(output_gram).clamp(min=0), rtol, floor)
     if rank == k:
-        basis = v * root
-    else:
-        values, vectors = torch.linalg.eigh(output_gram)
-        basis = v @ (root[:, None] * vectors[:, values.argsort(descending=True)[:rank]])
-    output_power[:k] = lam * torch.diagonal(head_gram)
+        return LearnedFunction(None, rank, output_power, num_outputs)
+    values, vectors = torch.linalg.eigh(output_gram)
+    basis = v @ (root[:, None] * vectors[:, values.argsort(descending=True)[:rank]])
     return LearnedFunction(basis, rank, output_power, num_outputs)
 
 
@@ -167,14 +174,27 @@ def _head_rows_times(weight: torch.Tensor, vectors: torch.Tensor) -> tuple[torch
 
 
 def _head_gram_in(weight: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``VᵀWᵀWV`` in float64 and ``‖W‖²_F``, accumulated over blocks of rows (memory: one block, not W)."""
-    gram = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
+    """``VᵀWᵀWV`` (k×k) in float64 and ``‖W‖²_F``, W read in blocks of rows (never copied whole).
+
+    Either ``Σ_b (W_b V)ᵀ(W_b V)`` (C·p·k + C·k² work, k×k memory) or ``Vᵀ(Σ_b W_bᵀW_b)V``
+    (C·p² + p²·k work, one p×p Gram); the cheaper one for this k (the first when k < 0.62 p).
+    """
+    p, k = vectors.shape
     rows = _HeadPass(weight, vectors)
+    if k * (p + k) < p * p:
+        gram = torch.zeros(k, k, dtype=vectors.dtype, device=vectors.device)
+        for block in rows:
+            product = block @ vectors
+            gram.addmm_(product.T, product)
+        rows.check()
+        return gram, rows.frobenius
+    weight_gram = torch.zeros(p, p, dtype=vectors.dtype, device=vectors.device)
     for block in rows:
-        product = block @ vectors
-        gram.addmm_(product.T, product)
+        weight_gram.addmm_(block.T, block)
     rows.check()
-    return gram, rows.frobenius
+    projected = weight_gram @ vectors
+    del weight_gram
+    return vectors.T @ projected, rows.frobenius
 
 
 def _largest_eigenvalue(symmetric: torch.Tensor, steps: int = 32) -> float:
@@ -196,8 +216,11 @@ def _largest_eigenvalue(symmetric: torch.Tensor, steps: int = 32) -> float:
 def capture_per_direction(spectrum: FeatureSpectrum, function: LearnedFunction) -> torch.Tensor:
     """``π_k = ‖P_Y e_k‖² = ‖Bᵀv_k‖²/λ_k``: how much of each eigenfunction the learned function uses."""
     k = spectrum.rank
-    captured = ((spectrum.eigenvectors[:, :k].T @ function.basis) ** 2).sum(dim=1) / spectrum.eigenvalues[:k]
     pi = torch.zeros_like(spectrum.eigenvalues)
+    if function.basis is None:
+        pi[:k] = 1.0  # G = S on the kept span: every eigenfunction lies in the learned function's span
+        return pi
+    captured = ((spectrum.eigenvectors[:, :k].T @ function.basis) ** 2).sum(dim=1) / spectrum.eigenvalues[:k]
     pi[:k] = captured.clamp(0.0, 1.0)
     return pi
 
