@@ -11,14 +11,16 @@ from dlr_hf.engine.demo import demo, ensure_demo
 from dlr_hf.engine.devices import make_accelerator
 from dlr_hf.engine.evaluate import evaluate
 from dlr_hf.engine.loading import load_model
-from dlr_hf.engine.measurement import LayerReading, Measurement
+from dlr_hf.engine.measurement import ADAPTER_BASE, LayerReading, Measurement
 from dlr_hf.engine.options import APP, CALLBACK, CLI, MeasurementOptions
 from dlr_hf.engine.report import SCHEMA, EvaluationReport, check_writable, reading, write_atomic
 from dlr_hf.engine.settings import looks_like_path, require_existing
 from dlr_hf.metric import DLRResult, parameter_snapshot
 from dlr_hf.models import HeadInfo
+from dlr_hf.models.adapters import is_adapter_model
 
 __all__ = [
+    "ADAPTER_BASE",
     "APP",
     "CALLBACK",
     "CLI",
@@ -35,6 +37,7 @@ __all__ = [
     "detect_columns",
     "ensure_demo",
     "evaluate",
+    "is_adapter_model",
     "load_data",
     "load_model",
     "looks_like_path",

@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader, Subset
 
 from dlr_hf.engine.data import ColumnPlan, LoadedData, detect_columns, load_data, make_collate, subsample_indices
 from dlr_hf.engine.loading import LoadedModel, load_model
-from dlr_hf.engine.measurement import Measurement
+from dlr_hf.engine.measurement import ADAPTER_BASE, Measurement
 from dlr_hf.engine.options import MeasurementOptions
 from dlr_hf.engine.report import EvaluationReport
 from dlr_hf.engine.devices import input_device, make_accelerator
 from dlr_hf.errors import TooFewSamplesError
 from dlr_hf.metric import DLRResult
 from dlr_hf.models import is_multiple_choice, require_head
+from dlr_hf.models.adapters import is_adapter_model
 
 
 def _pad_token_id(model: nn.Module, processor: Any) -> int:
@@ -193,8 +194,14 @@ def _this_process_share(loader: DataLoader, accelerator: Accelerator) -> DataLoa
 
 def _load_reference(
     reference: str | Path | nn.Module | None, loaded: LoadedModel, loading: dict[str, Any], device: Any,
-) -> tuple[nn.Module | None, tuple[str, str]]:
-    """The initial checkpoint on the inputs' device, and the two names its head-mismatch error uses."""
+) -> tuple[nn.Module | str | None, tuple[str, str]]:
+    """The initial checkpoint on the inputs' device, and the two names its head-mismatch error uses.
+
+    A PEFT model needs none: its base is the model itself with its adapters disabled (``ADAPTER_BASE``).
+    """
+    if reference is None and is_adapter_model(loaded.model):
+        base = loaded.source.get("base", {}).get("id") or "its base"
+        return ADAPTER_BASE, (str(loaded.source["id"]), f"{base} (adapters disabled)")
     if reference is None:
         return None, ("the model", "the reference")
     reference_loaded = load_model(reference, **loading)

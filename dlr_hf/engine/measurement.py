@@ -41,6 +41,7 @@ from dlr_hf.metric import (
     parameter_norm,
     parameter_snapshot,
 )
+from dlr_hf.models.adapters import adapted_parameter_baselines, disabled_adapters, head_without_adapters
 from dlr_hf.models import (
     FeatureTap,
     HeadInfo,
@@ -101,13 +102,23 @@ class _Site:
     batches: int = 0
 
 
+ADAPTER_BASE = "the base (adapters disabled)"
+"""``reference=ADAPTER_BASE``: S_init against a PEFT model's base — the same model, its adapters disabled."""
+
+
 @dataclass
 class _Reference:
-    """The initial model of an S_init measurement (``names``: measured model, reference, for errors)."""
+    """The initial model of an S_init measurement (``names``: measured model, reference, for errors).
+
+    ``adapter_base``: the reference is the measured PEFT model itself run with its adapters disabled;
+    ``running`` is set during its forward, which hooks feeding ``collect`` from the model must skip.
+    """
 
     model: nn.Module
     names: tuple[str, str]
     parameters: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    adapter_base: bool = False
+    running: bool = False
 
 
 class Measurement:
@@ -118,7 +129,9 @@ class Measurement:
         accelerator: its device, mixed precision and process group.
         options: the settings (``layer``, ``rtol``, ``baselines`` …).
         head: the head located earlier (e.g. by a previous measurement of the same model).
-        reference: the initial model, run on every batch beside ``model`` for S_init.
+        reference: the initial model, run on every batch beside ``model`` for S_init; or
+            ``ADAPTER_BASE`` for a PEFT model: a second forward of ``model`` with its adapters
+            disabled (no second model), and ``param_change`` of the merged weights against the base.
         names: (model, reference) as the user named them, for a mismatch error.
         initial_features: the initial model's features of every batch, recorded earlier
             (``record_features=True``); a mismatch becomes ``s_init_problem``, never an error.
@@ -132,7 +145,7 @@ class Measurement:
         options: MeasurementOptions,
         *,
         head: HeadInfo | None = None,
-        reference: nn.Module | None = None,
+        reference: nn.Module | str | None = None,
         names: tuple[str, str] = ("the model", "the reference"),
         initial_features: list[torch.Tensor] | None = None,
         record_features: bool = False,
@@ -142,7 +155,9 @@ class Measurement:
         self.options = options
         self.device = input_device(model, accelerator)
         self.head = head
-        self._reference = None if reference is None else _Reference(reference, names)
+        self._reference = None if reference is None else (
+            _Reference(model, names, adapter_base=True) if reference == ADAPTER_BASE else _Reference(reference, names)
+        )
         self._initial_features = initial_features
         self._record = record_features
         self._sites: list[_Site] = []
@@ -191,6 +206,8 @@ class Measurement:
 
     def collect(self, batch: Batch, output: Any) -> None:
         """Add the samples of the forward just run on ``batch`` (which returned ``output``), inside ``tapping()``."""
+        if self._reference is not None and self._reference.running:
+            return
         if self._stack is None or not self._sites:
             raise RuntimeError(
                 "Measurement.collect needs the taps on: call it inside `with measurement.tapping():`, after "
@@ -298,6 +315,8 @@ class Measurement:
         """
         if not self.options.baselines:
             return {}
+        if self._reference is not None and self._reference.adapter_base:
+            return adapted_parameter_baselines(self.model)  # θ0: the base; θ: W0 + (B @ A)·scaling, trained copies
         if self._parameter_norm is None:
             self._parameter_norm = parameter_norm(self.model)
         values = {"param_norm": self._parameter_norm}
@@ -319,7 +338,10 @@ class Measurement:
         layer = self.options.layer
         reference_head = None
         if self._reference is not None:
-            reference_head = locate_like(self._reference.model, self.head, self._reference.names)
+            reference_head = (
+                head_without_adapters(self.head, self.model) if self._reference.adapter_base
+                else locate_like(self._reference.model, self.head, self._reference.names)
+            )
         # first: FeatureTap checks that `layer` names a linear layer
         primary = self._new_site(
             layer or "head", partial(FeatureTap, layer=layer), layer, _tapped_dim(self.model, self.head, layer), reference_head
@@ -384,7 +406,12 @@ class Measurement:
         """Run the reference model on the same batch and stream CKA against each site's features."""
         if self._reference is None:
             return
-        output = self._reference.model(**model_inputs(batch))
+        self._reference.running = True
+        try:
+            with disabled_adapters(self.model) if self._reference.adapter_base else nullcontext():
+                output = self._reference.model(**model_inputs(batch))
+        finally:
+            self._reference.running = False
         for site, sample in zip(self._sites, samples):
             initial = site.reference_tap.collect(batch, output, labels=None)
             site.cka.update(initial.features, sample.features)

@@ -24,6 +24,7 @@ from accelerate.utils import align_module_device
 from torch import nn
 
 from dlr_hf.errors import HeadNotFoundError, WeightsUnavailableError
+from dlr_hf.models.adapters import effective_weight, is_lora_layer, is_lora_linear
 from dlr_hf.models.positions import kept_positions, model_inputs
 
 logger = logging.getLogger(__name__)
@@ -305,7 +306,8 @@ def locate_head(
     require_head(model)
     outputs: dict[str, torch.Tensor] = {}
     call_order: list[str] = []
-    linear_ids = {id(m) for m in model.modules() if isinstance(m, nn.Linear)}
+    # A LoRA layer around a Linear is a linear map too: when it is the head, its output (not its base layer's) is the logits.
+    linear_ids = {id(m) for m in model.modules() if isinstance(m, nn.Linear) or is_lora_linear(m)}
 
     def recorder(path: str, is_linear: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -529,7 +531,12 @@ def _soft_cap(a: torch.Tensor, y: torch.Tensor) -> float | None:
 
 
 def _wrapper_notices(modules: dict[str, nn.Module], path: str) -> list[str]:
-    """A notice when the head sits inside a wrapper (PEFT ModulesToSaveWrapper and the like)."""
+    """A notice when the head sits inside a wrapper (PEFT ModulesToSaveWrapper and the like) or carries a LoRA."""
+    if is_lora_layer(modules[path]):
+        return [
+            f"the head {path!r} carries a LoRA adapter: D_LR reads its input, and its weight is the effective "
+            "W0 + (B @ A)·scaling (read without merging the adapter)"
+        ]
     parts = path.split(".")
     for i in range(len(parts) - 1, 0, -1):
         ancestor = ".".join(parts[:i])
@@ -578,7 +585,7 @@ def read_head_weight(head: HeadInfo) -> torch.Tensor:
 
 def _float_weight(path: str, module: nn.Linear) -> torch.Tensor:
     with align_module_device(module):
-        weight = module.weight.detach()
+        weight = effective_weight(module) if is_lora_layer(module) else module.weight.detach()
         if weight.device.type == "meta":
             raise WeightsUnavailableError(
                 f"The weight of head {path!r} is on the 'meta' device and no accelerate hook "

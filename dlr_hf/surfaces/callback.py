@@ -47,6 +47,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
 
 from dlr_hf.engine import CALLBACK, DLRResult, HeadInfo, Measurement, MeasurementOptions, parameter_snapshot, subsample_indices
+from dlr_hf.engine import ADAPTER_BASE, is_adapter_model
 from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, TooFewSamplesError
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,8 @@ class DLRCallback(TrainerCallback, ExportableState):
 
     def _measurement(self, **kwargs: Any) -> Measurement:
         trainer = self.trainer
+        if self.options.baselines and not kwargs.get("record_features") and is_adapter_model(trainer.model):
+            kwargs["reference"] = ADAPTER_BASE  # a PEFT model's S_init and param_change: against its base, adapters off
         return Measurement(trainer.model, trainer.accelerator, self.options, head=self._head, **kwargs)
 
     def _run(self, measurement: Measurement, name: str) -> Measurement:
