@@ -55,7 +55,7 @@ def arms():
     threads = torch.get_num_threads()
     exp8 = _load("exp8_cross_entropy")
     try:
-        out = {(loss, regime): exp8.run_arm(loss, regime, 0, (0, 300), log=lambda *a, **k: None)["trajectory"][-1]["train"]
+        out = {(loss, regime): exp8.run_arm(loss, regime, 0, (300,), log=lambda *a, **k: None)["trajectory"][-1]["train"]
                for loss in ("ce", "mse") for regime in ("rich", "lazy")}
     finally:
         torch.set_num_threads(threads)
@@ -106,3 +106,26 @@ def test_rank_is_full_and_the_ones_direction_is_not_the_cause(arms):
 def test_least_squares_probe_readout_separates_both_losses(arms):
     assert arms["ce", "lazy"]["dlr_probe"] - arms["ce", "rich"]["dlr_probe"] > 0.05  # observed 0.457 vs 0.383
     assert arms["mse", "lazy"]["dlr_probe"] - arms["mse", "rich"]["dlr_probe"] > 0.25  # observed 0.457 vs 0.134
+
+
+def test_probe_readout_through_the_streamed_statistics():
+    """The documented remedy uses only the public API: ``DLRAccumulator.compute(head_weight=B.T)`` on the
+    statistics already streamed equals ``compute_dlr`` on the probe's outputs."""
+    import torch
+
+    from dlr_hf.metric import compute_dlr
+
+    exp8 = _load("exp8_cross_entropy")
+    common = sys.modules["common"]
+    threads = torch.get_num_threads()
+    try:
+        common.setup(0)
+        data = common.digits()
+        model = common.MLP([64, 256, 256])
+        measured = common.measure(model, model.head, data.train_flat, data.train_labels)
+    finally:
+        torch.set_num_threads(threads)
+    probe = exp8.probe_head(measured.features, data.train_labels)
+    streamed = measured.accumulator.compute(head_weight=probe.T)
+    assert streamed.dlr == pytest.approx(compute_dlr(measured.features, measured.features @ probe).dlr, abs=1e-12)
+    assert streamed.rank == 9  # centred one-hot targets have rank C − 1
