@@ -204,8 +204,12 @@ class Measurement:
         self.locate(batch, batches)
         self.collect(batch, self.model(**model_inputs(batch)))
 
-    def collect(self, batch: Batch, output: Any) -> None:
-        """Add the samples of the forward just run on ``batch`` (which returned ``output``), inside ``tapping()``."""
+    def collect(self, batch: Batch, output: Any, examples: int | None = None) -> None:
+        """Add the samples of the forward just run on ``batch`` (which returned ``output``), inside ``tapping()``.
+
+        ``examples``: count only the first ``examples`` examples of the batch (the real ones of a last
+        batch that accelerate padded with repeated examples to even out the processes).
+        """
         if self._reference is not None and self._reference.running:
             return
         if self._stack is None or not self._sites:
@@ -213,10 +217,10 @@ class Measurement:
                 "Measurement.collect needs the taps on: call it inside `with measurement.tapping():`, after "
                 "locate(batch) (or with the head given)"
             )
-        samples = [site.tap.collect(batch, output, labels=batch.get("labels")) for site in self._sites]
+        samples = [site.tap.collect(batch, output, labels=batch.get("labels"), examples=examples) for site in self._sites]
         for site, sample in zip(self._sites, samples):
             site.accumulator.update(sample.features, sample.outputs, sample.labels)
-        self._pair_with_reference(batch, samples)
+        self._pair_with_reference(batch, samples, examples)
         for site, sample in zip(self._sites, samples):
             self._pair_with_initial(site, sample)
             if site.recorded is not None:
@@ -402,7 +406,7 @@ class Measurement:
         if site.reference_tap is not None:
             self._stack.enter_context(site.reference_tap)
 
-    def _pair_with_reference(self, batch: Batch, samples: list[Samples]) -> None:
+    def _pair_with_reference(self, batch: Batch, samples: list[Samples], examples: int | None) -> None:
         """Run the reference model on the same batch and stream CKA against each site's features."""
         if self._reference is None:
             return
@@ -413,7 +417,7 @@ class Measurement:
         finally:
             self._reference.running = False
         for site, sample in zip(self._sites, samples):
-            initial = site.reference_tap.collect(batch, output, labels=None)
+            initial = site.reference_tap.collect(batch, output, labels=None, examples=examples)
             site.cka.update(initial.features, sample.features)
 
     def _pair_with_initial(self, site: _Site, samples: Samples) -> None:

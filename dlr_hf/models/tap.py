@@ -137,19 +137,48 @@ class FeatureTap:
     def _captures(self) -> list[_Capture]:
         return self._heads + ([] if self._layer is None else [self._layer])
 
-    def collect(self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None = None) -> Samples:
+    def collect(
+        self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None = None, examples: int | None = None
+    ) -> Samples:
         """The samples of the forward just run on `inputs` (which returned `out`); frees the captures.
 
         `inputs` may be the whole batch: position masks in it (see ``dlr_hf.models.positions``) pick
-        the positions of token classification.
+        the positions of token classification. `examples`: keep only the first `examples` examples
+        of the batch (the real ones of a last batch that a data loader padded with repeats).
         """
         if not self._captures():
             raise RuntimeError("FeatureTap.collect must be called inside `with FeatureTap(...)`.")
         try:
+            if examples is not None:
+                inputs, out, labels = self._first_examples(inputs, out, labels, examples)
             return self._collect(inputs, out, labels)
         finally:
             for capture in self._captures():
                 capture.release()
+
+    def _first_examples(
+        self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None, examples: int
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
+        """Inputs, logits, labels and captures cut to the first `examples` examples of the batch.
+
+        A capture has one row per example, or per (example, choice) for multiple choice: it keeps
+        the same share of its rows.
+        """
+        logits = model_logits(out, self.head.logits_key)
+        rows = logits.shape[0]
+
+        def first(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
+                return value[:examples]
+            return value
+
+        for capture in self._captures():
+            for name in ("input", "output"):
+                captured = getattr(capture, name)
+                if captured is not None:
+                    setattr(capture, name, captured[: examples * (captured.shape[0] // rows)])
+        cut = {key: first(value) for key, value in inputs.items()}
+        return cut, {self.head.logits_key: logits[:examples]}, first(labels)
 
     def _collect(self, inputs: Mapping[str, Any], out: Any, labels: torch.Tensor | None) -> Samples:
         if any(capture.output is None for capture in self._heads):

@@ -2,16 +2,31 @@
 
     trainer = Trainer(..., callbacks=[DLRCallback()])
 
-At every evaluation (and every ``every_n_steps`` steps, if set) the callback runs the model over a
-fixed probe subset with the engine's own tap and accumulator, and publishes ``eval_dlr``,
-``eval_dlr_rank``, ``eval_nc1``, ``eval_effective_rank``, ``eval_s_init``, ``eval_param_norm`` and
-``eval_param_change`` through ``trainer.log`` — the only way such keys reach ``log_history`` and
-every ``report_to`` integration (keys added to ``metrics`` inside ``on_evaluate`` are lost, since
-the Trainer has logged them already). Step-based measurements use the same names without prefix.
+By default (``source="eval"``) the callback rides on the Trainer's own evaluation: while
+``Trainer.evaluation_loop`` runs for ``evaluate()``, a forward hook on the model hands every
+evaluation forward (its inputs and output) to the engine's taps and accumulators, so D_LR covers
+every evaluation example, exactly once, at no extra forward pass. With several processes the
+prepared evaluation loader pads the last batch with repeated examples; the callback leaves them
+out exactly as ``accelerator.gather_for_metrics`` does (the first ``gradient_state.remainder``
+examples of the gathered last batch are kept, the processes' batches gathered in rank order).
+``source="probe"`` (implied by ``probe_dataset=``) instead runs a separate forward over a fixed
+probe subset at every evaluation; ``every_n_steps`` measurements, between evaluations, always use
+the probe.
 
-Every rank takes part in the forward passes and the reductions; only the main process writes
-files. The history survives a resume (``ExportableState`` in ``trainer_state.json``), and the
-initial model's probe features and parameters are kept in ``output_dir`` for S_init.
+The values are published as ``eval_dlr``, ``eval_dlr_rank``, ``eval_nc1``,
+``eval_effective_rank``, ``eval_s_init``, ``eval_param_norm`` and ``eval_param_change`` through
+``trainer.log`` — the only way such keys reach ``log_history`` and every ``report_to``
+integration (keys added to ``metrics`` inside ``on_evaluate`` are lost, since the Trainer has
+logged them already). A dict of eval datasets gives ``eval_<name>_dlr`` …; step-based
+measurements use the same names without the ``eval_`` prefix.
+
+S_init compares with the model at step 0 on the same examples: at train begin (step 0 of a fresh
+run) the callback runs one forward pass of the initial model over each evaluation set in the
+Trainer's own evaluation order (its prepared loader, ``prediction_step``, the same de-duplication)
+and keeps those features; each evaluation pairs its batches with them one by one. Every rank
+takes part in the forward passes and the reductions; only the main process writes files. The
+history survives a resume (``ExportableState`` in ``trainer_state.json``), and the initial
+features and parameters are kept in ``output_dir`` for S_init after a resume.
 
 A measurement never stops training. When a value cannot be measured (non-finite features or
 weights of a diverging run, a probe of fewer than 2 examples, a lost or corrupted initial
@@ -29,17 +44,21 @@ raise ``InvalidArgumentError`` (constructor) or ``LayerNotFoundError`` (a bad ``
 from __future__ import annotations
 
 import csv
+import functools
 import inspect
 import json
 import logging
 import math
 import numbers
 import pickle
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -53,6 +72,8 @@ from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, To
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "dlr_reference_rank{rank}.pt"
+EVAL, PROBE = "eval", "probe"
+"""Where evaluation-time measurements come from: the Trainer's own evaluation, or a separate probe pass."""
 MISSING = float("nan")
 """How the history records a value that could not be measured (it is left out of ``trainer.log``)."""
 
@@ -71,21 +92,92 @@ class _Probe:
     initial_features: list[torch.Tensor] | None = None
 
 
+@dataclass
+class _Ride:
+    """One measurement riding on the forwards of one pass over a prepared evaluation loader.
+
+    Forward hooks on the model feed it: the pre-hook locates the head on the first batch (once
+    per run), the hook collects each forward's real examples. The first failure is kept as
+    ``problem`` and stops the collecting; the pass itself (the Trainer's) always goes on.
+    """
+
+    measurement: Measurement
+    loader: DataLoader
+    accelerator: Accelerator
+    problem: str | None = None
+    batches: int = 0
+    _locating: bool = field(default=False, repr=False)
+
+    def before_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.measurement.head is not None or self._locating or self.problem is not None:
+            return
+        self._locating = True  # locating runs its own two-row forward of the model
+        try:
+            self.measurement.locate(_tensors(kwargs), self.loader)
+        except MEASUREMENT_ERRORS as error:
+            self.fail(error)
+        finally:
+            self._locating = False
+
+    def after_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self._locating or self.problem is not None:
+            return
+        batch = _tensors(kwargs)
+        try:
+            if args:
+                raise DLRError("the model was called with positional inputs; the callback reads keyword inputs")
+            self.measurement.collect(batch, output, examples=real_examples(self.accelerator, self.loader, _rows(batch)))
+            self.batches += 1
+        except MEASUREMENT_ERRORS as error:
+            self.fail(error)
+
+    def fail(self, error: Exception) -> None:
+        log.debug("DLRCallback: collecting an evaluation forward failed", exc_info=True)
+        self.problem = f"D_LR: {type(error).__name__}: {error}"
+
+    @property
+    def failure(self) -> str | None:
+        """Why this process has no D_LR statistics of the pass (None: it has them)."""
+        if self.problem is None and self.batches == 0:
+            return "D_LR: this process ran no evaluation batch"
+        return self.problem
+
+
+def real_examples(accelerator: Accelerator, loader: DataLoader, rows: int) -> int | None:
+    """How many leading examples of the current batch of ``loader`` are real (None: all of them).
+
+    Mirrors ``Accelerator.gather_for_metrics``: in the last batch of a prepared loader, the
+    processes' batches gathered in rank order keep their first ``gradient_state.remainder`` rows;
+    the rest repeat examples from the start of the dataset to even out the processes.
+    """
+    state = accelerator.gradient_state
+    if state.active_dataloader is not loader or not state.end_of_dataloader or state.remainder <= 0:
+        return None
+    kept = min(max(state.remainder - accelerator.process_index * rows, 0), rows)
+    return None if kept == rows else kept
+
+
 class DLRCallback(TrainerCallback, ExportableState):
-    """Measure D_LR on a fixed probe set during training; a failed measurement never stops training.
+    """Measure D_LR at every evaluation during training; a failed measurement never stops training.
 
     Args:
-        probe_dataset: examples in the Trainer's format (what its data collator takes); default:
-            the eval dataset (each one, for a dict of eval datasets), else the train dataset.
-        every_n_steps: also measure every N ≥ 1 optimiser steps (logged without prefix).
+        probe_dataset: examples in the Trainer's format (what its data collator takes) for the
+            probe passes; default: the eval dataset (each one, for a dict of eval datasets), else
+            the train dataset. Giving one implies ``source="probe"``.
+        source: what evaluation-time measurements read. ``"eval"`` (the default without
+            ``probe_dataset``): the Trainer's own evaluation forwards over its whole eval set(s),
+            no extra forward pass; ``num_samples`` and ``batch_size`` do not apply to it.
+            ``"probe"``: a separate forward over the probe at every evaluation.
+        every_n_steps: also measure every N ≥ 1 optimiser steps, over the probe (logged without prefix).
         write_files: at train end write ``dlr_history.json``, ``dlr_history.csv`` and
             ``dlr_trajectory.png`` into ``output_dir``.
         **settings: the ``MeasurementOptions`` offered to the callback, as keywords:
             ``num_samples`` (probe size, at least 2; None: the whole set; default 512), drawn
             deterministically with ``seed`` (the same subsample ``dlr_hf.evaluate`` draws, so the
             two agree); ``layer`` (layer-wise D_LR); ``baselines`` (also S_init, ‖θ‖² and
-            ‖θ − θ0‖/‖θ0‖, keeping a CPU copy of the initial parameters); ``batch_size`` (default:
-            the eval batch size); ``rtol``.
+            ‖θ − θ0‖/‖θ0‖, keeping a CPU copy of the initial parameters and one forward pass
+            of the initial model over the measured examples at train begin); ``batch_size``
+            (probe passes; default: the eval batch size); ``rtol``.
 
     Attributes:
         options: the measurement settings in force.
@@ -101,11 +193,13 @@ class DLRCallback(TrainerCallback, ExportableState):
         self,
         probe_dataset: Dataset | None = None,
         *,
+        source: str | None = None,
         every_n_steps: int | None = None,
         write_files: bool = True,
         **settings: Any,
     ) -> None:
         self.probe_dataset = probe_dataset
+        self.source = _source(source, probe_dataset)
         self.options = _callback_options(settings)
         self.every_n_steps = None if every_n_steps is None else _every_n_steps(every_n_steps)
         self.write_files = write_files
@@ -113,6 +207,8 @@ class DLRCallback(TrainerCallback, ExportableState):
         self.warnings: list[str] = []
         self.trainer: Trainer | None = None
         self._probes: dict[str, _Probe] = {}
+        self._evaluation_features: dict[str, list[torch.Tensor]] = {}  # by metric prefix: step-0 features
+        self._rides: dict[str, _Ride] = {}  # by metric prefix: the evaluation pass just tapped
         self._head: HeadInfo | None = None
         self._initial_parameters: dict[str, torch.Tensor] | None = None
         self._has_reference = False  # training began with baselines: θ0 was taken or is known to be lost
@@ -122,15 +218,19 @@ class DLRCallback(TrainerCallback, ExportableState):
     def set_trainer(self, trainer: Trainer) -> None:
         """Attach the Trainer explicitly (done automatically when passed in ``callbacks=``)."""
         self.trainer = trainer
+        self._ride_on_evaluations(trainer)
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.trainer is None:
-            self.trainer = _calling_trainer()
+            trainer = _calling_trainer()
+            if trainer is not None:
+                self.set_trainer(trainer)
 
     def state(self) -> dict[str, Any]:
         return {
             "args": {
                 **self.options.as_dict(CALLBACK),
+                "source": self.source,
                 "every_n_steps": self.every_n_steps,
                 "write_files": self.write_files,
             },
@@ -140,14 +240,17 @@ class DLRCallback(TrainerCallback, ExportableState):
     # -- events --------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.trainer is None:  # a copy the Trainer made from a checkpoint (restore_callback_states_from_checkpoint)
-            self.trainer = _calling_trainer()
+            trainer = _calling_trainer()
+            if trainer is not None:
+                self.set_trainer(trainer)
         trainer = self._require_trainer()
         # Settings errors surface here, before the first step, not as a failed measurement mid-run.
         if self.options.layer is not None:
             _check_layer(trainer.model, self.options.layer)
         names = self._probe_names(trainer)
-        for name in names:
-            self._probe(name)
+        if self._uses_probes:
+            for name in names:
+                self._probe(name)
         self._restore_history(state)
         if not self.options.baselines:
             return
@@ -172,7 +275,20 @@ class DLRCallback(TrainerCallback, ExportableState):
         prefix = next((key[: -len("_runtime")] for key in metrics if key.endswith("_runtime")), "eval")
         name = prefix[len("eval_"):] if prefix.startswith("eval_") else "eval"
         self._require_trainer()
-        self._measure_and_log(name, f"{prefix}_")
+        if self.source == PROBE:
+            self._measure_and_log(name, f"{prefix}_")
+            return
+        ride = self._rides.pop(prefix, None)
+        if ride is None:  # e.g. an evaluate() overridden so that it no longer runs evaluation_loop
+            measurement, failure = self._measurement(), (
+                "D_LR: this evaluation did not run Trainer.evaluation_loop, which the callback rides on; "
+                "use DLRCallback(source='probe')"
+            )
+        else:
+            measurement, failure = ride.measurement, ride.failure
+            self._head = measurement.head or self._head
+        initial = self._evaluation_features.get(prefix) if self.options.baselines else None
+        self._reduce_and_publish(name, f"{prefix}_", measurement, failure is None, initial, [failure] if failure else [])
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.write_files and state.is_world_process_zero and self.history:
@@ -183,12 +299,19 @@ class DLRCallback(TrainerCallback, ExportableState):
 
     # -- measuring -----------------------------------------------------------------------------
     def _measure_and_log(self, name: str, prefix: str) -> None:
-        """Measure probe ``name``; publish what could be measured, record the rest as missing."""
+        """Measure probe ``name`` in a pass of its own; publish what could be measured, the rest as missing."""
         problems: list[str] = []
-        values: dict[str, float] = {}
         initial = self._probe(name).initial_features if self.options.baselines else None
         measurement = self._measurement(initial_features=initial)
         ran = self._attempt(problems, "D_LR", lambda: self._run(measurement, name)) is not None
+        self._reduce_and_publish(name, prefix, measurement, ran, initial, problems)
+
+    def _reduce_and_publish(
+        self, name: str, prefix: str, measurement: Measurement, ran: bool, initial: list[torch.Tensor] | None,
+        problems: list[str],
+    ) -> None:
+        """Reduce this process's statistics of ``measurement`` with the others' and publish (collective)."""
+        values: dict[str, float] = {}
         paired = ran and initial is not None and measurement.s_init_problem is None
         # Decide together before any data collective: a rank that failed alone would leave the others waiting.
         dlr_everywhere, paired_everywhere = measurement.agree(ran, paired)
@@ -209,7 +332,7 @@ class DLRCallback(TrainerCallback, ExportableState):
                 if s_init is not None:
                     values["s_init"] = s_init
             elif initial is None:
-                problems.append(f"S_init: no initial features of probe {name!r}")
+                problems.append(f"S_init: no initial features of {name!r}")
             elif ran:
                 problems.append(measurement.s_init_problem or "S_init: another process could not measure it (see that process's log)")
         problems += [f"{key} is not finite ({value})" for key, value in values.items() if not math.isfinite(value)]
@@ -294,24 +417,96 @@ class DLRCallback(TrainerCallback, ExportableState):
         log.warning(message)
         self.warnings.append(message)
 
+    # -- riding on the Trainer's evaluation ------------------------------------------------------
+    def _ride_on_evaluations(self, trainer: Trainer) -> None:
+        """Wrap ``trainer.evaluation_loop`` (once per callback) so that ``evaluate()``'s passes are tapped.
+
+        The wrapper stays inert for a callback the Trainer no longer holds (e.g. replaced by a
+        restored copy on resume), for ``source="probe"`` and for ``predict()``.
+        """
+        loop = trainer.evaluation_loop
+        if getattr(loop, "dlr_callback", None) is self:
+            return
+        signature = inspect.signature(loop)  # the Trainer's own, through any earlier wrapper's __wrapped__
+
+        @functools.wraps(loop)
+        def evaluation_loop(*args: Any, **kwargs: Any) -> Any:
+            call = signature.bind(*args, **kwargs)
+            call.apply_defaults()
+            arguments = call.arguments
+            if (
+                self.source != EVAL
+                or self not in trainer.callback_handler.callbacks
+                or arguments.get("description") == "Prediction"
+            ):
+                return loop(*args, **kwargs)
+            prefix = arguments["metric_key_prefix"]
+            initial = self._evaluation_features.get(prefix) if self.options.baselines else None
+            ride = self._ride(arguments["dataloader"], initial=initial)
+            with self._riding(ride):
+                output = loop(*args, **kwargs)
+            self._rides[prefix] = ride
+            return output
+
+        evaluation_loop.dlr_callback = self
+        trainer.evaluation_loop = evaluation_loop
+
+    def _ride(self, loader: DataLoader, *, initial: list[torch.Tensor] | None = None, record_features: bool = False) -> _Ride:
+        measurement = self._measurement(initial_features=initial, record_features=record_features)
+        return _Ride(measurement, loader, self.trainer.accelerator)
+
+    @contextmanager
+    def _riding(self, ride: _Ride) -> Iterator[_Ride]:
+        """The model's forwards feed ``ride`` while inside (hooks removed on the way out, whatever happens)."""
+        model = self.trainer.model
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(ride.measurement.tapping())
+                stack.callback(model.register_forward_pre_hook(ride.before_forward, with_kwargs=True).remove)
+                stack.callback(model.register_forward_hook(ride.after_forward, with_kwargs=True).remove)
+            except MEASUREMENT_ERRORS as error:
+                ride.fail(error)
+            yield ride
+
+    def _record_evaluation(self, name: str) -> list[torch.Tensor]:
+        """The initial model's features over eval set ``name``: one pass in the Trainer's evaluation order."""
+        trainer = self.trainer
+        loader = trainer.get_eval_dataloader(name if isinstance(trainer.eval_dataset, dict) else None)
+        ride = self._ride(loader, record_features=True)
+        model = trainer.model
+        accelerator = trainer.accelerator
+        autocast = accelerator.autocast() if accelerator.mixed_precision != "no" else nullcontext()
+        was_training = model.training
+        model.eval()
+        try:
+            with self._riding(ride), autocast:
+                for batch in loader:
+                    trainer.prediction_step(model, batch, prediction_loss_only=True)
+        finally:
+            model.train(was_training)
+        if ride.failure is not None:
+            raise DLRError(ride.failure)
+        self._head = ride.measurement.head
+        return ride.measurement.recorded_features()
+
     # -- the initial reference (θ0 and its probe features, for S_init and param_change) ----------
     def _record_reference(self, names: list[str], reference: Path) -> None:
-        """Snapshot the model at step 0 and its probe features; keep them in ``output_dir`` for resumes."""
+        """Snapshot the model at step 0 and its features on the measured examples; keep them in ``output_dir``."""
         self._initial_parameters = parameter_snapshot(self.trainer.model)
         for name in names:
-            recorder = self._measurement(record_features=True)
-            problems: list[str] = []
-            if self._attempt(problems, "initial features", lambda: self._run(recorder, name)) is None:
-                self._warn(
-                    f"DLRCallback could not record probe {name!r} at step 0 ({'; '.join(problems)}); "
-                    "S_init will be missing for this run"
-                )
-            else:
-                self._probe(name).initial_features = recorder.recorded_features()
+            if self.source == EVAL and self.trainer.eval_dataset is not None:
+                features = self._record(f"evaluation set {name!r}", lambda: self._record_evaluation(name))
+                if features is not None:
+                    self._evaluation_features[self._evaluation_prefix(name)] = features
+            if self._uses_probes:
+                recorder = self._measurement(record_features=True)
+                if self._record(f"probe {name!r}", lambda: self._run(recorder, name)) is not None:
+                    self._probe(name).initial_features = recorder.recorded_features()
         features = {name: probe.initial_features for name, probe in self._probes.items() if probe.initial_features}
+        saved = {"parameters": self._initial_parameters, "features": features, "evaluation_features": self._evaluation_features}
         try:
             reference.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"parameters": self._initial_parameters, "features": features}, reference)
+            torch.save(saved, reference)
         except OSError as error:
             self._warn(
                 f"DLRCallback could not write {reference} ({error}); S_init and param_change will be missing "
@@ -338,8 +533,25 @@ class DLRCallback(TrainerCallback, ExportableState):
         for name, features in saved["features"].items():
             if name in self._probes:
                 self._probes[name].initial_features = features
+        self._evaluation_features = dict(saved.get("evaluation_features", {}))
+
+    def _record(self, what: str, action: Callable[[], _T]) -> _T | None:
+        """``action()`` recording initial features, or None with a warning that S_init will be missing."""
+        problems: list[str] = []
+        recorded = self._attempt(problems, "initial features", action)
+        if recorded is None:
+            self._warn(f"DLRCallback could not record {what} at step 0 ({'; '.join(problems)}); S_init will be missing for this run")
+        return recorded
 
     # -- probes --------------------------------------------------------------------------------
+    @property
+    def _uses_probes(self) -> bool:
+        return self.source == PROBE or self.every_n_steps is not None
+
+    def _evaluation_prefix(self, name: str) -> str:
+        """The metric prefix ``Trainer.evaluate`` gives eval set ``name``."""
+        return f"eval_{name}" if isinstance(self.trainer.eval_dataset, dict) else "eval"
+
     def _probe_names(self, trainer: Trainer) -> list[str]:
         if self.probe_dataset is None and isinstance(trainer.eval_dataset, dict):
             return list(trainer.eval_dataset)
@@ -417,6 +629,25 @@ def _callback_options(settings: dict[str, Any]) -> MeasurementOptions:
     if options.num_samples is not None and options.num_samples < 2:
         raise InvalidArgumentError(f"DLRCallback(num_samples={options.num_samples}): D_LR needs at least 2 samples")
     return options
+
+
+def _source(source: Any, probe_dataset: Dataset | None) -> str:
+    """``source``: "eval" or "probe"; by default "probe" when a probe dataset is given, else "eval"."""
+    if source is None:
+        return EVAL if probe_dataset is None else PROBE
+    if source not in (EVAL, PROBE):
+        raise InvalidArgumentError(f"DLRCallback(source={source!r}): must be {EVAL!r} (the Trainer's evaluation) or {PROBE!r}")
+    return source
+
+
+def _tensors(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a forward's keyword inputs (flags and counts such as ``return_dict`` left out)."""
+    return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
+
+
+def _rows(batch: dict[str, torch.Tensor]) -> int:
+    """Examples in a batch: the leading size of its first batch-first tensor."""
+    return next((value.shape[0] for value in batch.values() if value.ndim > 0), 0)
 
 
 def _every_n_steps(value: Any) -> int:

@@ -1,4 +1,8 @@
-"""DLRCallback in a real Trainer: logged values, agreement with evaluate(), resume, integrations."""
+"""DLRCallback in a real Trainer: logged values, agreement with evaluate(), resume, integrations.
+
+The references are ``dlr_hf.evaluate`` on the checkpoint the Trainer saved at the measured step, over
+the same examples, with the initial model (``tiny_vit()``, seeded) as the S_init reference.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,30 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 from dlr_hf import DLRCallback, evaluate
-from dlr_hf.engine.demo import digits_dataset
+from dlr_hf.engine.demo import digits_dataset, tiny_vit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training import make_trainer  # noqa: E402
+from training import EVAL_SIZE, free_port, make_trainer  # noqa: E402
+
+EVAL_BATCH = 64
+
+
+def reference(checkpoint: Path, size: int | None = None, **settings):
+    """evaluate() on the checkpoint over the first ``size`` test examples (all by default), S_init against θ0."""
+    test = digits_dataset()["test"]
+    data = test if size is None else test.select(range(size))
+    settings = {"num_samples": None, "batch_size": EVAL_BATCH, "reference_model": tiny_vit(), **settings}
+    return evaluate(str(checkpoint), data, progress=False, **settings)
+
+
+def assert_matches(logged: dict, prefix: str, report) -> None:
+    assert logged[f"{prefix}dlr"] == pytest.approx(report.dlr, abs=1e-10)
+    assert logged[f"{prefix}nc1"] == pytest.approx(report.result.nc1, rel=1e-8)
+    assert logged[f"{prefix}s_init"] == pytest.approx(report.baselines["s_init"], abs=1e-10)
+    assert logged[f"{prefix}param_change"] == pytest.approx(report.baselines["param_change"], rel=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +67,41 @@ def test_dlr_is_logged_at_every_evaluation(trained):
 def test_logged_value_equals_an_independent_evaluation(trained):
     trainer, output = trained
     logged = entries(trainer.state.log_history, "eval_dlr")[-1]
-    checkpoint = output / "checkpoint-30"
-    report = evaluate(str(checkpoint), digits_dataset()["test"], num_samples=512, seed=0, batch_size=64, progress=False)
+    report = reference(output / "checkpoint-30")
     assert report.result.num_samples == 360
-    assert logged["eval_dlr"] == pytest.approx(report.dlr, abs=1e-10)
-    assert logged["eval_nc1"] == pytest.approx(report.result.nc1, rel=1e-8)
+    assert_matches(logged, "eval_", report)
+
+
+class CountEvalForwards(TrainerCallback):
+    """Counts the model's forwards in eval mode (the Trainer's evaluations and anything else)."""
+
+    def __init__(self) -> None:
+        self.forwards = 0
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        model.register_forward_hook(self.count)
+
+    def count(self, module, args, output):
+        self.forwards += not module.training
+
+
+@pytest.mark.parametrize("prediction_loss_only", [False, True])
+def test_rides_on_the_evaluation_and_counts_every_example_once(tmp_path, prediction_loss_only):
+    """301 examples in batches of 64: a last batch of 45; no forward besides the Trainer's evaluations
+    but the step-0 pass for S_init (and the two-row forward that locates the head)."""
+    counter = CountEvalForwards()
+    trainer = make_trainer(
+        tmp_path, max_steps=10, eval_steps=5, eval_size=EVAL_SIZE, extra_callbacks=[counter],
+        prediction_loss_only=prediction_loss_only,
+    )
+    trainer.train()
+    logged = entries(trainer.state.log_history, "eval_dlr")
+    assert [row["step"] for row in logged] == [5, 10]
+    assert ("eval_accuracy" in entries(trainer.state.log_history, "eval_loss")[0]) is not prediction_loss_only
+    for row in logged:
+        assert_matches(row, "eval_", reference(tmp_path / f"checkpoint-{row['step']}", EVAL_SIZE))
+    batches = -(-EVAL_SIZE // EVAL_BATCH)
+    assert counter.forwards == (1 + len(logged)) * batches + 1
 
 
 def test_training_mode_restored_and_hooks_freed(trained):
@@ -92,33 +144,51 @@ def test_resume_keeps_earlier_history(tmp_path):
 
 
 def test_dict_of_eval_datasets_and_step_measurements(tmp_path):
+    """Each eval set measured whole at its evaluation; every_n_steps over a 64-example probe of each."""
     callback = DLRCallback(every_n_steps=5, num_samples=64)
     trainer = make_trainer(tmp_path, max_steps=10, eval_dict=True, callback=callback)
     trainer.train()
     history = trainer.state.log_history
     assert [row["step"] for row in entries(history, "eval_digits_dlr")] == [10]
-    assert [row["step"] for row in entries(history, "eval_again_dlr")] == [10]
+    assert [row["step"] for row in entries(history, "eval_head_dlr")] == [10]
     assert [row["step"] for row in entries(history, "digits_dlr")] == [5, 10]
-    assert entries(history, "eval_digits_dlr")[0]["eval_digits_dlr"] == pytest.approx(
-        entries(history, "eval_again_dlr")[0]["eval_again_dlr"], abs=1e-12
-    )
+    assert [row["step"] for row in entries(history, "head_dlr")] == [5, 10]
+    checkpoint = tmp_path / "checkpoint-10"
+    assert_matches(entries(history, "eval_digits_dlr")[0], "eval_digits_", reference(checkpoint))
+    assert_matches(entries(history, "eval_head_dlr")[0], "eval_head_", reference(checkpoint, EVAL_SIZE))
+    probe = reference(checkpoint, num_samples=64, seed=0)
+    assert probe.result.num_samples == 64
+    assert_matches(entries(history, "digits_dlr")[-1], "digits_", probe)
+
+
+def test_probe_source_measures_its_own_subsample(tmp_path):
+    callback = DLRCallback(source="probe", num_samples=100)
+    trainer = make_trainer(tmp_path, max_steps=5, eval_steps=5, callback=callback)
+    trainer.train()
+    (logged,) = entries(trainer.state.log_history, "eval_dlr")
+    report = reference(tmp_path / "checkpoint-5", num_samples=100, seed=0)
+    assert report.result.num_samples == 100
+    assert_matches(logged, "eval_", report)
 
 
 @pytest.mark.multiprocess
-def test_two_processes_log_once_without_hanging(tmp_path):
+def test_two_processes_count_every_example_once(tmp_path):
+    """301 examples, batches of 64 on 2 processes: the last step pads rank 0 (45 real of 64) and gives
+    rank 1 repeats only; the logged values equal one process's evaluate() over the 301 examples."""
     script = Path(__file__).parent / "training.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     # torch's launcher: two gloo processes on loopback (`accelerate launch --cpu` starts only one).
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-        str(script), str(tmp_path),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(script), str(tmp_path), "--eval-size", str(EVAL_SIZE),
     ]
     subprocess.run(command, check=True, timeout=600, env=env, capture_output=True)
     record = json.loads((tmp_path / "log_history.json").read_text())
     assert record["world_size"] == 2
-    history = record["log_history"]
-    logged = entries(history, "eval_dlr")
+    logged = entries(record["log_history"], "eval_dlr")
     assert [row["step"] for row in logged] == [5, 10]
-    assert all(0 <= row["eval_dlr"] <= 1 for row in logged)
-    files = json.loads((tmp_path / "dlr_history.json").read_text())
-    assert len(files) == 2
+    for row in logged:
+        assert_matches(row, "eval_", reference(tmp_path / f"checkpoint-{row['step']}", EVAL_SIZE))
+    assert len(json.loads((tmp_path / "dlr_history.json").read_text())) == 2
+    for rank in (0, 1):
+        assert not json.loads((tmp_path / f"callback_rank{rank}.json").read_text())["warnings"]

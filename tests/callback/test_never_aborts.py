@@ -25,7 +25,7 @@ from dlr_hf.errors import InvalidArgumentError, LayerNotFoundError
 from dlr_hf.surfaces.callback import REFERENCE_FILE
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training import make_trainer, with_pixels  # noqa: E402
+from training import free_port, make_trainer, with_pixels  # noqa: E402
 
 OURS = ("dlr", "dlr_rank", "effective_rank", "s_init", "param_norm", "param_change")
 
@@ -203,8 +203,8 @@ def test_one_rank_failing_alone_skips_on_every_rank(tmp_path):
     script = Path(__file__).parent / "training.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
-        str(script), str(tmp_path), "1",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(script), str(tmp_path), "--probe-size", "1",
     ]
     subprocess.run(command, check=True, timeout=300, env=env, capture_output=True)
     assert json.loads((tmp_path / "log_history.json").read_text())["world_size"] == 2

@@ -5,8 +5,9 @@ Also runnable as a script (used under ``accelerate launch`` for the two-process 
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +28,36 @@ def with_pixels(split, processor):
     return split.with_transform(transform)
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on, for torch.distributed.run's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def accuracy(prediction) -> dict[str, float]:
     return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
 
 
+EVAL_SIZE = 301
+"""An eval set that divides by neither the eval batch size (64) nor two processes: on two, the
+last step pads rank 0's batch (45 real examples of 64) and fills rank 1's with repeats only."""
+
+
 def make_trainer(
     output_dir: Path, *, max_steps: int = 30, eval_steps: int = 10, report_to=(), callback=None, eval_dict=False,
-    with_dlr: bool = True, extra_callbacks=(), **extra,
+    eval_size: int | None = None, with_dlr: bool = True, extra_callbacks=(), **extra,
 ):
-    """``callback`` (default a fresh DLRCallback) unless ``with_dlr`` is False, after ``extra_callbacks``."""
+    """``callback`` (default a fresh DLRCallback) unless ``with_dlr`` is False, after ``extra_callbacks``.
+
+    The eval set: the digits test split (360), or its first ``eval_size`` examples; ``eval_dict``:
+    {"digits": the whole split, "head": its first EVAL_SIZE examples}.
+    """
     torch.set_num_threads(1)
     data = digits_dataset()
     processor = image_processor()
-    evaluation = with_pixels(data["test"], processor)
+    test = data["test"] if eval_size is None else data["test"].select(range(eval_size))
+    evaluation = with_pixels(test, processor)
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=max_steps,
@@ -61,7 +79,8 @@ def make_trainer(
         model=tiny_vit(),
         args=args,
         train_dataset=with_pixels(data["train"], processor),
-        eval_dataset={"digits": evaluation, "again": evaluation} if eval_dict else evaluation,
+        eval_dataset={"digits": evaluation, "head": with_pixels(data["test"].select(range(EVAL_SIZE)), processor)}
+        if eval_dict else evaluation,
         processing_class=processor,
         compute_metrics=accuracy,
         callbacks=[*extra_callbacks, *([callback or DLRCallback()] if with_dlr else [])],
@@ -69,20 +88,21 @@ def make_trainer(
 
 
 if __name__ == "__main__":
-    # training.py OUTPUT [PROBE_SIZE]: with PROBE_SIZE, the callback's probe is the first PROBE_SIZE
-    # test examples, and every process writes what its callback warned and recorded.
-    output = Path(sys.argv[1])
-    probe_size = int(sys.argv[2]) if len(sys.argv) > 2 else None
-    callback = None
-    if probe_size is not None:
-        probe = with_pixels(digits_dataset()["test"].select(range(probe_size)), image_processor())
-        callback = DLRCallback(probe_dataset=probe)
-    trainer = make_trainer(output, max_steps=10, eval_steps=5, callback=callback)
+    # Every process writes what its callback warned and recorded; the main one the log history.
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--probe-size", type=int, help="probe: the first PROBE_SIZE test examples (source='probe')")
+    parser.add_argument("--eval-size", type=int, help="eval set: the first EVAL_SIZE test examples")
+    cli = parser.parse_args()
+    probe = None
+    if cli.probe_size is not None:
+        probe = with_pixels(digits_dataset()["test"].select(range(cli.probe_size)), image_processor())
+    callback = DLRCallback(probe_dataset=probe)
+    trainer = make_trainer(cli.output, max_steps=10, eval_steps=5, callback=callback, eval_size=cli.eval_size)
     trainer.train()
     if trainer.is_world_process_zero():
         record = {"world_size": trainer.args.world_size, "log_history": trainer.state.log_history}
-        (output / "log_history.json").write_text(json.dumps(record))
-    if callback is not None:
-        rank = trainer.args.process_index
-        record = {"global_step": trainer.state.global_step, "warnings": callback.warnings, "history": callback.history}
-        (output / f"callback_rank{rank}.json").write_text(json.dumps(record))
+        (cli.output / "log_history.json").write_text(json.dumps(record))
+    rank = trainer.args.process_index
+    record = {"global_step": trainer.state.global_step, "warnings": callback.warnings, "history": callback.history}
+    (cli.output / f"callback_rank{rank}.json").write_text(json.dumps(record))
