@@ -18,7 +18,10 @@ The values are published as ``eval_dlr``, ``eval_dlr_rank``, ``eval_nc1``,
 ``trainer.log`` — the only way such keys reach ``log_history`` and every ``report_to``
 integration (keys added to ``metrics`` inside ``on_evaluate`` are lost, since the Trainer has
 logged them already). A dict of eval datasets gives ``eval_<name>_dlr`` …; step-based
-measurements use the same names without the ``eval_`` prefix.
+measurements use the same names without the ``eval_`` prefix. With ``layers=`` (a richness profile
+across depth, filled in the same forward) every layer adds ``eval_dlr/<layer>`` (e.g.
+``eval_dlr/block_07``); a per-layer ``eval_s_init/<layer>`` only beside a reference model (a PEFT
+model's base), since the step-0 features are recorded for the head alone.
 
 S_init compares with the model at step 0 on the same examples: at train begin (step 0 of a fresh
 run) the callback runs one forward pass of the initial model over each evaluation set in the
@@ -335,8 +338,19 @@ class DLRCallback(TrainerCallback, ExportableState):
                 problems.append(f"S_init: no initial features of {name!r}")
             elif ran:
                 problems.append(measurement.s_init_problem or "S_init: another process could not measure it (see that process's log)")
+        if result is not None and self.options.layers is not None:
+            values.update(self._profile(measurement, problems, with_s_init="s_init" in values))
         problems += [f"{key} is not finite ({value})" for key, value in values.items() if not math.isfinite(value)]
         self._publish(name, prefix, values, problems, degenerate=result is not None and result.degenerate)
+
+    def _profile(self, measurement: Measurement, problems: list[str], with_s_init: bool) -> dict[str, float]:
+        """``dlr/<layer>`` for every layer of the ``layers`` profile, and ``s_init/<layer>`` when the
+        S_init statistics were reduced and a reference model ran beside (PEFT: the base)."""
+        readings = self._attempt(problems, "profile", measurement.profile) or []
+        values = {f"dlr/{reading.name}": reading.result.dlr for reading in readings}
+        if with_s_init:
+            values.update({f"s_init/{reading.name}": reading.s_init for reading in readings if reading.s_init is not None})
+        return values
 
     def _parameter_baselines(self, measurement: Measurement, problems: list[str]) -> dict[str, float]:
         """‖θ‖² and, once training began with a reference, ‖θ − θ0‖/‖θ0‖ (missing when θ0 is lost)."""

@@ -161,6 +161,18 @@ def test_dict_of_eval_datasets_and_step_measurements(tmp_path):
     assert_matches(entries(history, "digits_dlr")[-1], "digits_", probe)
 
 
+def test_profile_across_depth_at_every_evaluation(tmp_path):
+    """layers="blocks": eval_dlr/block_NN per block, equal to evaluate(layers="blocks") on the same examples."""
+    trainer = make_trainer(tmp_path, max_steps=5, eval_steps=5, eval_size=EVAL_SIZE, callback=DLRCallback(layers="blocks"))
+    trainer.train()
+    (logged,) = entries(trainer.state.log_history, "eval_dlr")
+    report = reference(tmp_path / "checkpoint-5", EVAL_SIZE, layers="blocks")
+    assert [row["name"] for row in report.layers] == ["block_00", "block_01"]
+    for row in report.layers:
+        assert logged[f"eval_dlr/{row['name']}"] == pytest.approx(row["dlr"], abs=1e-10)
+    assert_matches(logged, "eval_", report)
+
+
 def test_probe_source_measures_its_own_subsample(tmp_path):
     callback = DLRCallback(source="probe", num_samples=100)
     trainer = make_trainer(tmp_path, max_steps=5, eval_steps=5, callback=callback)
