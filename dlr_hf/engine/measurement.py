@@ -346,10 +346,7 @@ class Measurement:
                 head_without_adapters(self.head, self.model) if self._reference.adapter_base
                 else locate_like(self._reference.model, self.head, self._reference.names)
             )
-        # first: FeatureTap checks that `layer` names a linear layer
-        primary = self._new_site(
-            layer or "head", partial(FeatureTap, layer=layer), layer, _tapped_dim(self.model, self.head, layer), reference_head
-        )
+        primary = self._new_site(layer or "head", partial(FeatureTap, layer=layer), layer, reference_head)
         primary.recorded = [] if self._record else None
         if self._reference is None and self._initial_features is not None:
             primary.initial = self._initial_features
@@ -371,22 +368,25 @@ class Measurement:
             )
         sites = []
         for profiled in profile_layers(self.model, self.options.layers):
-            dim = None if profiled.is_block else _tapped_dim(self.model, self.head, profiled.module_path)
             make_tap = partial(profile_tap, layer=profiled)
-            site = self._new_site(profiled.name, make_tap, profiled.module_path, dim, reference_head)
+            site = self._new_site(profiled.name, make_tap, profiled.module_path, reference_head, block=profiled.is_block)
             site.profiled = profiled
             sites.append(site)
         return sites
 
     def _new_site(
-        self, name: str, make_tap: Callable[[nn.Module, HeadInfo], FeatureTap], layer: str | None, feature_dim: int | None,
-        reference_head: HeadInfo | None,
+        self, name: str, make_tap: Callable[[nn.Module, HeadInfo], FeatureTap], layer: str | None,
+        reference_head: HeadInfo | None, *, block: bool = False,
     ) -> _Site:
-        """A site reading ``layer`` (None: the head), with its reference tap when a reference model runs."""
+        """A site reading ``layer`` (None: the head; ``block``: a block's output), with its reference tap
+        when a reference model runs."""
+        tap = make_tap(self.model, self.head)  # first: it checks that `layer` names a linear layer
+        # a block's width (hidden size, a stage's channels) is known from its first batch
+        feature_dim = None if block else _tapped_dim(self.model, self.head, layer)
         site = _Site(
             name=name,
             layer=layer,
-            tap=make_tap(self.model, self.head),
+            tap=tap,
             accumulator=DLRAccumulator(
                 track_outputs=layer is not None,
                 num_classes=self.head.num_outputs,
