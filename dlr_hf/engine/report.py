@@ -5,7 +5,10 @@ Top-level keys:
 * ``schema`` — ``"dlr-hf/report/v2"`` (v2 added ``layers``; v1 documents still load, with no layers)
 * ``dlr`` — the D_LR value (0 = maximally rich, 1 = maximally lazy)
 * ``degenerate``, ``warnings`` — SPEC §2 edge cases and caveats (imbalanced classes, …)
-* ``model`` — ``id``, ``revision``, ``commit`` (Hub checkpoints), ``path`` (local), ``class``, ``dtype``
+* ``model`` — ``id``, ``revision``, ``commit`` (Hub checkpoints), ``path`` (local), ``class``, ``dtype``; for a
+  PEFT adapter also ``adapter`` (``id``, ``revision``, ``commit``, ``path``, ``peft_type``, ``r``,
+  ``target_modules``, ``modules_to_save``) and ``base`` (``id``, ``revision``, ``commit``, ``path``,
+  ``class``): S_init and ``param_change`` then compare with the base (the adapter disabled, no reference needed)
 * ``dataset`` — ``id``, ``config``, ``split``, ``revision``, ``fingerprint``, ``num_rows``,
   ``input_columns``, ``label_column``, ``num_examples`` (rows evaluated)
 * ``head`` — ``module_path`` of the final Linear (null: none makes the logits, layer-wise only),

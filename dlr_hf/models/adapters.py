@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def _peft() -> ModuleType | None:
     """The peft package if something imported it already (else no module can be one of its layers)."""
-    if "peft" not in sys.modules:
+    if sys.modules.get("peft") is None:
         return None
     import peft.tuners.lora
     import peft.utils.other

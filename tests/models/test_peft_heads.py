@@ -8,6 +8,8 @@ as the n×p linear CKA formula against a separately built base model (same seed,
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import peft
 import pytest
@@ -158,3 +160,15 @@ def test_disabling_adapters_leaves_trainable_flags_alone():
     with adapted.disable_adapter():  # peft's own context marks the adapters trainable on the way out
         pass
     assert any(p.requires_grad for p in adapted.parameters())
+
+
+def test_dlr_hf_imports_and_measures_without_peft():
+    """peft is optional: with it unimportable, dlr_hf imports and a plain model is no adapter model."""
+    code = (
+        "import sys; sys.modules['peft'] = None\n"
+        "import torch, dlr_hf, dlr_hf.engine, dlr_hf.models\n"
+        "from dlr_hf.models.adapters import is_adapter_model, is_lora_layer\n"
+        "assert not is_adapter_model(torch.nn.Linear(2, 2)) and not is_lora_layer(torch.nn.Linear(2, 2))\n"
+        "import dlr_hf.metric; assert 'peft' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
