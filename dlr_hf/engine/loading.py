@@ -241,6 +241,12 @@ def _load_adapter(
             f"the {where} does not name its base model (no base_model_name_or_path in adapter_config.json); "
             "load the base yourself, apply the adapter with peft.PeftModel.from_pretrained and pass the model"
         )
+    if not is_local and Path(base_id).expanduser().exists():
+        raise ModelLoadError(
+            f"the {where} names a base on this machine ({base_id!r}), not a Hub model; a Hub adapter may only "
+            "load a Hub base. Load the base yourself, apply the adapter with peft.PeftModel.from_pretrained and "
+            "pass the model to evaluate()"
+        )
     commit = None if is_local else config_file.parent.name  # the snapshot folder the config came from
     if rules["safetensors_only"] and not is_local and _cached(name, "adapter_model.safetensors", commit) is None:
         raise ModelLoadError(

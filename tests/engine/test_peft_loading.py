@@ -24,6 +24,7 @@ from dlr_hf.errors import ModelLoadError
 from dlr_hf.metric import compute_dlr
 
 BASE_ID, ADAPTER_ID, ORPHAN_ID, PICKLED_ID = "org/tiny-base", "org/tiny-lora", "org/orphan-lora", "org/pickled-lora"
+LOCAL_BASE_ID = "org/local-base-lora"
 BASE_COMMIT = "1" * 40
 ADAPTER_COMMIT = "2" * 40
 
@@ -74,6 +75,7 @@ def adapters(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Adapters:
     _cache_adapter(hub_cache, ADAPTER_ID, ADAPTER_COMMIT, adapted, BASE_ID)
     _cache_adapter(hub_cache, ORPHAN_ID, ADAPTER_COMMIT, adapted, "org/not-cached")
     _cache_adapter(hub_cache, PICKLED_ID, ADAPTER_COMMIT, adapted, BASE_ID, safe_serialization=False)
+    _cache_adapter(hub_cache, LOCAL_BASE_ID, ADAPTER_COMMIT, adapted, str(base_dir))
     adapted.peft_config["default"].base_model_name_or_path = str(base_dir)
     return Adapters(base_dir, adapter_dir, adapted, hub_cache, eh.text_dataset(24, seed=3))
 
@@ -150,3 +152,10 @@ def test_pickle_only_adapter_refused_when_safetensors_only(adapters, monkeypatch
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(adapters.hub_cache))
     with pytest.raises(ModelLoadError, match="no adapter_model.safetensors.*--allow-pickle"):
         evaluate(PICKLED_ID, adapters.data, safetensors_only=True, progress=False)
+
+
+def test_hub_adapter_naming_a_local_base_is_refused(adapters, monkeypatch):
+    """A Hub adapter must not make the app load a folder of the server it runs on."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(adapters.hub_cache))
+    with pytest.raises(ModelLoadError, match="names a base on this machine.*only load a Hub base"):
+        evaluate(LOCAL_BASE_ID, adapters.data, progress=False)
