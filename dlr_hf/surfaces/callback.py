@@ -108,31 +108,42 @@ class _Ride:
     loader: DataLoader
     accelerator: Accelerator
     problem: str | None = None
-    batches: int = 0
-    _locating: bool = field(default=False, repr=False)
+    checksums: list[torch.Tensor] = field(default_factory=list)
+    """One float64 sum of every input tensor per batch: tells S_init whether the examples are those of step 0."""
+    _busy: bool = field(default=False, repr=False)  # inside a forward of our own (locating, a reference model)
 
     def before_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.measurement.head is not None or self._locating or self.problem is not None:
+        if self.measurement.head is not None or self._busy or self.problem is not None:
             return
-        self._locating = True  # locating runs its own two-row forward of the model
+        self._busy = True  # locating runs its own two-row forward of the model
         try:
             self.measurement.locate(_tensors(kwargs), self.loader)
         except MEASUREMENT_ERRORS as error:
             self.fail(error)
         finally:
-            self._locating = False
+            self._busy = False
 
     def after_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if self._locating or self.problem is not None:
+        if self._busy or self.problem is not None:
             return
         batch = _tensors(kwargs)
+        self._busy = True  # a reference model (a PEFT model's base: this model, adapters off) runs inside collect
         try:
             if args:
                 raise DLRError("the model was called with positional inputs; the callback reads keyword inputs")
             self.measurement.collect(batch, output, examples=real_examples(self.accelerator, self.loader, _rows(batch)))
-            self.batches += 1
+            self.checksums.append(_checksum(batch))
         except MEASUREMENT_ERRORS as error:
             self.fail(error)
+        finally:
+            self._busy = False
+
+    def same_examples(self, recorded: list[float] | None) -> bool:
+        """Whether this pass read the same inputs, batch by batch, as the step-0 pass that gave ``recorded``."""
+        if recorded is None or len(recorded) != len(self.checksums):
+            return False
+        sums = torch.stack(self.checksums).tolist() if self.checksums else []
+        return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(sums, recorded))
 
     def fail(self, error: Exception) -> None:
         log.debug("DLRCallback: collecting an evaluation forward failed", exc_info=True)
@@ -141,7 +152,7 @@ class _Ride:
     @property
     def failure(self) -> str | None:
         """Why this process has no D_LR statistics of the pass (None: it has them)."""
-        if self.problem is None and self.batches == 0:
+        if self.problem is None and not self.checksums:
             return "D_LR: this process ran no evaluation batch"
         return self.problem
 
@@ -211,6 +222,7 @@ class DLRCallback(TrainerCallback, ExportableState):
         self.trainer: Trainer | None = None
         self._probes: dict[str, _Probe] = {}
         self._evaluation_features: dict[str, list[torch.Tensor]] = {}  # by metric prefix: step-0 features
+        self._evaluation_checksums: dict[str, list[float]] = {}  # by metric prefix: the step-0 pass's input sums
         self._rides: dict[str, _Ride] = {}  # by metric prefix: the evaluation pass just tapped
         self._head: HeadInfo | None = None
         self._initial_parameters: dict[str, torch.Tensor] | None = None
@@ -291,7 +303,12 @@ class DLRCallback(TrainerCallback, ExportableState):
             measurement, failure = ride.measurement, ride.failure
             self._head = measurement.head or self._head
         initial = self._evaluation_features.get(prefix) if self.options.baselines else None
-        self._reduce_and_publish(name, f"{prefix}_", measurement, failure is None, initial, [failure] if failure else [])
+        other_examples = None
+        if initial is not None and ride is not None and not ride.same_examples(self._evaluation_checksums.get(prefix)):
+            other_examples = f"S_init: this evaluation's examples are not those {prefix!r} had at step 0"
+        self._reduce_and_publish(
+            name, f"{prefix}_", measurement, failure is None, initial, [failure] if failure else [], other_examples
+        )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.write_files and state.is_world_process_zero and self.history:
@@ -311,11 +328,12 @@ class DLRCallback(TrainerCallback, ExportableState):
 
     def _reduce_and_publish(
         self, name: str, prefix: str, measurement: Measurement, ran: bool, initial: list[torch.Tensor] | None,
-        problems: list[str],
+        problems: list[str], s_init_problem: str | None = None,
     ) -> None:
         """Reduce this process's statistics of ``measurement`` with the others' and publish (collective)."""
         values: dict[str, float] = {}
-        paired = ran and initial is not None and measurement.s_init_problem is None
+        s_init_problem = s_init_problem or measurement.s_init_problem
+        paired = ran and initial is not None and s_init_problem is None
         # Decide together before any data collective: a rank that failed alone would leave the others waiting.
         dlr_everywhere, paired_everywhere = measurement.agree(ran, paired)
         result: DLRResult | None = None
@@ -337,7 +355,7 @@ class DLRCallback(TrainerCallback, ExportableState):
             elif initial is None:
                 problems.append(f"S_init: no initial features of {name!r}")
             elif ran:
-                problems.append(measurement.s_init_problem or "S_init: another process could not measure it (see that process's log)")
+                problems.append(s_init_problem or "S_init: another process could not measure it (see that process's log)")
         if result is not None and self.options.layers is not None:
             values.update(self._profile(measurement, problems, with_s_init="s_init" in values))
         problems += [f"{key} is not finite ({value})" for key, value in values.items() if not math.isfinite(value)]
@@ -501,6 +519,7 @@ class DLRCallback(TrainerCallback, ExportableState):
         if ride.failure is not None:
             raise DLRError(ride.failure)
         self._head = ride.measurement.head
+        self._evaluation_checksums[self._evaluation_prefix(name)] = torch.stack(ride.checksums).tolist()
         return ride.measurement.recorded_features()
 
     # -- the initial reference (θ0 and its probe features, for S_init and param_change) ----------
@@ -517,7 +536,10 @@ class DLRCallback(TrainerCallback, ExportableState):
                 if self._record(f"probe {name!r}", lambda: self._run(recorder, name)) is not None:
                     self._probe(name).initial_features = recorder.recorded_features()
         features = {name: probe.initial_features for name, probe in self._probes.items() if probe.initial_features}
-        saved = {"parameters": self._initial_parameters, "features": features, "evaluation_features": self._evaluation_features}
+        saved = {
+            "parameters": self._initial_parameters, "features": features,
+            "evaluation_features": self._evaluation_features, "evaluation_checksums": self._evaluation_checksums,
+        }
         try:
             reference.parent.mkdir(parents=True, exist_ok=True)
             torch.save(saved, reference)
@@ -548,6 +570,7 @@ class DLRCallback(TrainerCallback, ExportableState):
             if name in self._probes:
                 self._probes[name].initial_features = features
         self._evaluation_features = dict(saved.get("evaluation_features", {}))
+        self._evaluation_checksums = dict(saved.get("evaluation_checksums", {}))
 
     def _record(self, what: str, action: Callable[[], _T]) -> _T | None:
         """``action()`` recording initial features, or None with a warning that S_init will be missing."""
@@ -657,6 +680,11 @@ def _source(source: Any, probe_dataset: Dataset | None) -> str:
 def _tensors(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of a forward's keyword inputs (flags and counts such as ``return_dict`` left out)."""
     return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
+
+
+def _checksum(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A float64 sum of a batch's batch-first tensors, left on their device (no synchronisation)."""
+    return torch.stack([value.detach().double().sum() for value in batch.values() if value.ndim > 0]).sum()
 
 
 def _rows(batch: dict[str, torch.Tensor]) -> int:

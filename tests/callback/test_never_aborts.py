@@ -219,6 +219,19 @@ def test_one_rank_failing_alone_skips_on_every_rank(tmp_path):
     assert not [row for row in logged if "eval_dlr" in row or "eval_s_init" in row]
 
 
+def test_other_examples_under_the_same_prefix_leave_s_init_missing(tmp_path, caplog):
+    """evaluate(eval_dataset=other) of the same size: its batches cannot be paired with step 0's features."""
+    callback = DLRCallback()
+    trainer = make_trainer(tmp_path, max_steps=5, eval_steps=5, eval_size=301, callback=callback)
+    trainer.train()
+    trainer.evaluate(eval_dataset=with_pixels(digits_dataset()["test"].select(range(59, 360)), image_processor()))
+    first, other = callback.history
+    assert 0 < first["eval_s_init"] <= 1 and "warning" not in first
+    assert math.isnan(other["eval_s_init"]) and "not those 'eval' had at step 0" in other["warning"]
+    assert 0 <= other["eval_dlr"] <= 1
+    assert "eval_s_init" not in trainer.state.log_history[-1] and "eval_dlr" in trainer.state.log_history[-1]
+
+
 def test_evaluate_before_training_has_no_reference_and_no_warning(tmp_path, caplog):
     """Without a training run there is no θ0: S_init and param_change are simply not part of the row."""
     callback = DLRCallback(num_samples=64)
