@@ -19,7 +19,7 @@ from dlr_hf.engine.measurement import ADAPTER_BASE, Measurement
 from dlr_hf.engine.options import MeasurementOptions
 from dlr_hf.engine.report import EvaluationReport
 from dlr_hf.engine.devices import input_device, make_accelerator
-from dlr_hf.errors import TooFewSamplesError
+from dlr_hf.errors import DLRError, TooFewSamplesError
 from dlr_hf.metric import DLRResult
 from dlr_hf.models import is_multiple_choice, require_head
 from dlr_hf.models.adapters import is_adapter_model
@@ -129,11 +129,33 @@ def evaluate(
     mark = time.perf_counter()
     measurement.reduce_dlr()
     result = measurement.result()
+    initial, initial_problems = _initial(measurement)
     baselines = _baselines(result, measurement)
     layers = [reading.to_dict() for reading in measurement.profile()]
     timings["compute"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
-    return _report(result, baselines, layers, measurement, loaded, inputs, device_map, timings)
+    report = _report(result, baselines, layers, measurement, loaded, inputs, device_map, timings)
+    report.initial = initial
+    report.warnings += initial_problems
+    return report
+
+
+def _initial(measurement: Measurement) -> tuple[dict[str, Any] | None, list[str]]:
+    """D_LR at initialisation (the reference's own head input and outputs), and why it is missing if it is.
+
+    An initial head that outputs constants (zero-initialised) leaves it undefined: the verdict then
+    falls back to the absolute scale, with a warning, instead of failing the whole evaluation.
+    """
+    try:
+        initial = measurement.initial_result()
+    except DLRError as error:
+        return None, [f"D_LR at initialisation is undefined ({error}); the verdict is on the absolute scale"]
+    if initial is None:
+        return None, []
+    return {
+        "dlr": initial.dlr, "accuracy": initial.accuracy, "rank": initial.rank, "feature_rank": initial.feature_rank,
+        "effective_rank": initial.effective_rank, "degenerate": initial.degenerate,
+    }, []
 
 
 def _options(options: MeasurementOptions | None, settings: dict[str, Any], reference: Any) -> MeasurementOptions:
@@ -210,7 +232,7 @@ def _load_reference(
 
 
 def _baselines(result: DLRResult, measurement: Measurement) -> dict[str, Any]:
-    """SPEC §4 beside D_LR: accuracy, NC1, effective rank, parameter norms and (with a reference) S_init."""
+    """SPEC §4 beside D_LR: accuracy, NC1, effective rank, ‖θ‖² and (with a reference) S_init."""
     baselines: dict[str, Any] = {
         "accuracy": result.accuracy,
         "nc1": result.nc1,
@@ -218,7 +240,7 @@ def _baselines(result: DLRResult, measurement: Measurement) -> dict[str, Any]:
     }
     parameters = measurement.parameter_baselines()
     if "param_norm" in parameters:
-        baselines["param_norm"] = parameters["param_norm"]
+        baselines["param_norm_squared"] = parameters["param_norm"]
     if measurement.measures_s_init:
         measurement.reduce_s_init()
         baselines["s_init"] = measurement.s_init()

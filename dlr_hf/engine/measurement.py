@@ -96,6 +96,9 @@ class _Site:
     profiled: ProfileLayer | None = None
     reference_tap: FeatureTap | None = None
     cka: LinearCKAAccumulator | None = None
+    initial_dlr: DLRAccumulator | None = None
+    """D_LR at initialisation: the reference model's own features and outputs (the primary site only)."""
+    reference_head: HeadInfo | None = None
     initial: list[torch.Tensor] | None = None
     recorded: list[torch.Tensor] | None = None
     s_init_problem: str | None = None
@@ -251,6 +254,8 @@ class Measurement:
         """Sum every site's D_LR statistics over the processes."""
         for site in self._sites:
             self._sum(site.accumulator)
+            if site.initial_dlr is not None:
+                self._sum(site.initial_dlr)
 
     def reduce_s_init(self) -> None:
         """Sum every site's S_init statistics over the processes."""
@@ -279,6 +284,13 @@ class Measurement:
         """D_LR of the head (or of ``options.layer``), from the statistics fed (reduced, if several processes)."""
         site = self._primary()
         return site.accumulator.compute(head_weight=None if site.layer else read_head_weight(self.head))
+
+    def initial_result(self) -> DLRResult | None:
+        """D_LR of the reference model on the same batches — the value at initialisation (None without a reference)."""
+        site = self._primary()
+        if site.initial_dlr is None:
+            return None
+        return site.initial_dlr.compute(head_weight=None if site.layer else read_head_weight(site.reference_head))
 
     def profile(self) -> list[LayerReading]:
         """D_LR of every layer of ``options.layers``, shallow to deep ([] without ``layers``).
@@ -348,6 +360,9 @@ class Measurement:
             )
         primary = self._new_site(layer or "head", partial(FeatureTap, layer=layer), layer, reference_head)
         primary.recorded = [] if self._record else None
+        if reference_head is not None:
+            primary.initial_dlr = self._dlr_accumulator(layer, _tapped_dim(self.model, self.head, layer))
+            primary.reference_head = reference_head
         if self._reference is None and self._initial_features is not None:
             primary.initial = self._initial_features
             primary.cka = LinearCKAAccumulator()
@@ -387,19 +402,23 @@ class Measurement:
             name=name,
             layer=layer,
             tap=tap,
-            accumulator=DLRAccumulator(
-                track_outputs=layer is not None,
-                num_classes=self.head.num_outputs,
-                rtol=self.options.rtol,
-                device=self.device,
-                feature_dim=feature_dim,
-                num_outputs=self.head.num_outputs,
-            ),
+            accumulator=self._dlr_accumulator(layer, feature_dim),
         )
         if reference_head is not None:
             site.reference_tap = make_tap(self._reference.model, reference_head)
             site.cka = LinearCKAAccumulator()
         return site
+
+    def _dlr_accumulator(self, layer: str | None, feature_dim: int | None) -> DLRAccumulator:
+        """Statistics of one site: the head's input alone (its weight gives the outputs), or a layer's input and the logits."""
+        return DLRAccumulator(
+            track_outputs=layer is not None,
+            num_classes=self.head.num_outputs,
+            rtol=self.options.rtol,
+            device=self.device,
+            feature_dim=feature_dim,
+            num_outputs=self.head.num_outputs,
+        )
 
     def _enter(self, site: _Site) -> None:
         self._stack.enter_context(site.tap)
@@ -417,8 +436,10 @@ class Measurement:
         finally:
             self._reference.running = False
         for site, sample in zip(self._sites, samples):
-            initial = site.reference_tap.collect(batch, output, labels=None, examples=examples)
+            initial = site.reference_tap.collect(batch, output, labels=batch.get("labels"), examples=examples)
             site.cka.update(initial.features, sample.features)
+            if site.initial_dlr is not None:
+                site.initial_dlr.update(initial.features, initial.outputs, initial.labels)
 
     def _pair_with_initial(self, site: _Site, samples: Samples) -> None:
         """CKA of this batch against its recorded initial features; a mismatch is kept, not raised,

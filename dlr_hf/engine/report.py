@@ -1,9 +1,15 @@
-"""The evaluation report: one JSON document a script can consume (schema ``dlr-hf/report/v2``).
+"""The evaluation report: one JSON document a script can consume (schema ``dlr-hf/report/v3``).
 
-Top-level keys:
+Every field is documented in ``docs/report-schema.md``. Top-level keys:
 
-* ``schema`` — ``"dlr-hf/report/v2"`` (v2 added ``layers``; v1 documents still load, with no layers)
+* ``schema`` — ``"dlr-hf/report/v3"`` (v3 added ``verdict`` and ``initial`` and renamed
+  ``baselines.param_norm`` to ``param_norm_squared``; v2 added ``layers``; v1 and v2 documents still load)
 * ``dlr`` — the D_LR value (0 = maximally rich, 1 = maximally lazy)
+* ``verdict`` — the reading: ``text``, ``label`` (rich / lazy / in between), ``basis`` ("change from
+  initialisation" with a reference, else "absolute scale"), ``dlr``, ``dlr_initial``, ``change``,
+  ``s_init``, ``tolerance``, ``yardstick`` (1 − √(C/p), the value of isotropic features)
+* ``initial`` — D_LR of the reference (initial) model on the same batches: ``dlr``, ``accuracy``,
+  ``rank``, ``feature_rank``, ``effective_rank``, ``degenerate``; null without a reference
 * ``degenerate``, ``warnings`` — SPEC §2 edge cases and caveats (imbalanced classes, …)
 * ``model`` — ``id``, ``revision``, ``commit`` (Hub checkpoints), ``path`` (local), ``class``, ``dtype``; for a
   PEFT adapter also ``adapter`` (``id``, ``revision``, ``commit``, ``path``, ``peft_type``, ``r``,
@@ -23,7 +29,7 @@ Top-level keys:
   ``num_labelled`` (rows whose label is a class index in [0, C): the only rows accuracy, NC1 and
   Q(k) use), ``labels_dropped`` (rows whose label was not used, by reason: ``unlabelled``
   (negative), ``out_of_range`` (≥ C), ``not_integer`` (incl. NaN)), ``nc1_convention``, …
-* ``baselines`` — ``accuracy``, ``nc1``, ``effective_rank``, ``param_norm`` (‖θ‖², unless the
+* ``baselines`` — ``accuracy``, ``nc1``, ``effective_rank``, ``param_norm_squared`` (‖θ‖², unless the
   ``baselines`` option is off) and, with a reference (initial) model, ``s_init`` and ``param_change``
 * ``layers`` — the richness profile across depth (the ``layers`` option; empty without it), shallow
   to deep, one object per layer: ``name`` (``block_07``, or the module path), ``depth`` (1 = the
@@ -51,8 +57,93 @@ from typing import Any, BinaryIO, Callable
 from dlr_hf.errors import InvalidArgumentError
 from dlr_hf.metric import DLRResult
 
-SCHEMA = "dlr-hf/report/v2"
-_READABLE_SCHEMAS = ("dlr-hf/report/v1", SCHEMA)
+SCHEMA = "dlr-hf/report/v3"
+MANY_SCHEMA = "dlr-hf/reports/v3"
+"""Several models' reports in one document: ``{"schema": MANY_SCHEMA, "reports": [report, ...]}``."""
+_READABLE_SCHEMAS = ("dlr-hf/report/v1", "dlr-hf/report/v2", SCHEMA)
+_RENAMED_BASELINES = {"param_norm": "param_norm_squared"}
+"""Old baseline keys (v1, v2) and their names since v3."""
+
+CHANGE_TOLERANCE = 0.05
+"""|D_LR − D_LR at initialisation| up to this is "stayed": seeds move D_LR by 0.006–0.017 (REPRODUCTION
+exp8, std over 3 seeds) and weight decay by ~0.05 within one regime (exp5), while a rich run falls by
+0.24 (the demo) to 0.39 (exp8 MSE) — five times more."""
+FEATURES_UNMOVED = 0.99
+"""S_init at or above this: the features did not move (lazy by SPEC §5 whatever D_LR does through the
+head alone): head-only training gives 1.000 in every run of REPRODUCTION, rich runs 0.50–0.71."""
+ABSOLUTE_RICH, ABSOLUTE_LAZY = 0.1, 0.5
+"""The absolute scale without a reference (SPEC §5): the paper's rich runs read 0.009–0.07, its lazy ones 0.63–0.66."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Rich or lazy, in words, with the numbers it rests on (the report's ``verdict``)."""
+
+    text: str
+    label: str
+    """"rich", "lazy" or "in between"."""
+    basis: str
+    """"change from initialisation" (a reference was measured) or "absolute scale"."""
+    dlr: float
+    dlr_initial: float | None
+    change: float | None
+    s_init: float | None
+    tolerance: float | None
+    yardstick: float | None
+    """1 − √(C/p): D_LR of isotropic features (no structure at all); None when C ≥ p."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def isotropic_dlr(feature_dim: int, num_outputs: int) -> float | None:
+    """D_LR of isotropic features read by a full-rank head (SPEC §2): 1 − √(C/p); None when C ≥ p."""
+    if num_outputs >= feature_dim:
+        return None
+    return 1.0 - (num_outputs / feature_dim) ** 0.5
+
+
+def verdict(result: DLRResult, dlr_initial: float | None = None, s_init: float | None = None) -> Verdict:
+    """The reading of ``result``: on the change from initialisation when ``dlr_initial`` is known (SPEC §5:
+    lazy stays at its initial value), else on the absolute scale with the isotropic value as a yardstick."""
+    dlr, p, c = result.dlr, result.feature_dim, result.num_outputs
+    yardstick = isotropic_dlr(p, c)
+    if dlr_initial is None:
+        return _absolute_verdict(dlr, p, c, yardstick, s_init)
+    change = dlr - dlr_initial
+    moved = f"from {dlr_initial:.2f} at initialisation to {dlr:.2f} ({_signed(change)})"
+    s_init_words = "" if s_init is None else f", S_init = {s_init:.2f}"
+    if s_init is not None and s_init >= FEATURES_UNMOVED:
+        label = "lazy"
+        text = (f"lazy: D_LR stayed within ±{CHANGE_TOLERANCE:.2f} of its initial value ({dlr_initial:.2f} → {dlr:.2f}) "
+                f"and S_init = {s_init:.2f} — the features did not move" if abs(change) <= CHANGE_TOLERANCE else
+                f"lazy: S_init = {s_init:.2f} — the features did not move; D_LR went {moved} through the head alone")
+    elif change < -CHANGE_TOLERANCE:
+        label = "rich"
+        text = f"rich: D_LR fell {moved}{s_init_words} — the features reorganised around the learned function"
+    elif change > CHANGE_TOLERANCE:
+        label = "lazy"
+        text = (f"lazy: D_LR rose {moved}{s_init_words} — the learned function spreads over the features' "
+                "existing directions instead of collapsing them onto itself")
+    else:
+        label = "lazy"
+        text = (f"lazy: D_LR stayed within ±{CHANGE_TOLERANCE:.2f} of its initial value "
+                f"({dlr_initial:.2f} → {dlr:.2f}){s_init_words}")
+    return Verdict(text, label, "change from initialisation", dlr, dlr_initial, change, s_init, CHANGE_TOLERANCE, yardstick)
+
+
+def _absolute_verdict(dlr: float, p: int, c: int, yardstick: float | None, s_init: float | None) -> Verdict:
+    label = "rich" if dlr < ABSOLUTE_RICH else "lazy" if dlr >= ABSOLUTE_LAZY else "in between"
+    scale = (f"isotropic features (no structure) give 1 − √(C/p) = {yardstick:.2f} for p = {p}, C = {c}"
+             if yardstick is not None else f"with C = {c} ≥ p = {p} the head reads every feature direction")
+    text = (f"{label} on the absolute scale: D_LR = {dlr:.2f}; 0 = features collapsed onto the learned function, "
+            f"{scale}. Without an initial checkpoint the change cannot be measured, and the value at "
+            "initialisation depends on the architecture: pass the initial checkpoint (reference) for a calibrated verdict")
+    return Verdict(text, label, "absolute scale", dlr, None, None, s_init, None, yardstick)
+
+
+def _signed(change: float) -> str:
+    return f"{'+' if change >= 0 else '−'}{abs(change):.2f}"
 
 
 def library_versions() -> dict[str, str]:
@@ -86,6 +177,8 @@ class EvaluationReport:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    initial: dict[str, Any] | None = None
+    """D_LR of the reference model on the same batches (``dlr``, ``accuracy``, ranks); None without one."""
     versions: dict[str, str] = field(default_factory=library_versions)
 
     @property
@@ -96,10 +189,18 @@ class EvaluationReport:
     def degenerate(self) -> bool:
         return self.result.degenerate
 
+    @property
+    def verdict(self) -> Verdict:
+        """Rich or lazy, calibrated by the value at initialisation when a reference was measured."""
+        initial = (self.initial or {}).get("dlr")
+        return verdict(self.result, initial, self.baselines.get("s_init"))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "dlr": self.result.dlr,
+            "verdict": self.verdict.to_dict(),
+            "initial": self.initial,
             "degenerate": self.result.degenerate,
             "warnings": list(self.warnings),
             "model": self.model,
@@ -121,14 +222,16 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
+        """A report from ``to_dict()`` output (v1 and v2 documents too; ``verdict`` is recomputed, never read)."""
         if data.get("schema") not in _READABLE_SCHEMAS:
-            raise ValueError(f"not a {SCHEMA} report (schema = {data.get('schema')!r})")
+            raise InvalidArgumentError(f"not a {SCHEMA} report (schema = {data.get('schema')!r})")
         return cls(
             result=DLRResult(**data["result"]),
             model=data["model"],
             dataset=data["dataset"],
             head=data["head"],
-            baselines=data["baselines"],
+            baselines={_RENAMED_BASELINES.get(key, key): value for key, value in data["baselines"].items()},
+            initial=data.get("initial"),
             settings=data["settings"],
             timings=data["timings"],
             warnings=data["warnings"],
@@ -136,16 +239,36 @@ class EvaluationReport:
             versions=data["versions"],
         )
 
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return (f"EvaluationReport(model={self.model.get('id')!r}, dataset={self.dataset.get('id')!r}, "
+                f"site={self.site!r}, dlr={self.dlr:.4f}, verdict={self.verdict.label!r}, n={self.result.num_samples})")
+
+    @property
+    def site(self) -> str:
+        """What was measured: the ``--layer`` given, else the head's module path."""
+        return self.head.get("layer") or self.head.get("module_path") or "head"
+
     def summary(self) -> str:
-        """A few readable lines for a terminal."""
+        """A few readable lines for a terminal: where, D_LR, the verdict, the baselines, the profile, the warnings."""
         r = self.result
+        verdict = self.verdict
+        measured = (f"layer    {self.head['layer']} (its input against the final logits; p = {r.feature_dim}, C = {r.num_outputs})"
+                    if self.head.get("layer") else
+                    f"head     {self.head.get('module_path')} (p = {r.feature_dim}, C = {r.num_outputs}) · {self.head.get('between')}")
+        initial = ""
+        if verdict.dlr_initial is not None:
+            initial = f"   at initialisation {verdict.dlr_initial:.4f} (change {_signed(verdict.change)})"
         lines = [
             f"model    {self.model.get('id')}" + (f" @ {self.model['commit'][:10]}" if self.model.get("commit") else ""),
             f"dataset  {self.dataset.get('id')}"
             + (f" [{self.dataset['split']}]" if self.dataset.get("split") else "")  # a bare Dataset has no split name
             + f" · {self.dataset.get('num_examples')} examples → n = {r.num_samples} samples",
-            f"head     {self.head.get('layer') or self.head.get('module_path')} (p = {r.feature_dim}, C = {r.num_outputs}) · {self.head.get('between')}",
-            f"D_LR     {r.dlr:.4f}  ({reading(r.dlr)})   rank r = {r.rank}, feature rank = {r.feature_rank}",
+            measured,
+            f"D_LR     {r.dlr:.4f}{initial}   rank r = {r.rank}, feature rank = {r.feature_rank}",
+            f"verdict  {verdict.text}",
         ]
         extras = [f"{key} = {value:.4g}" for key, value in self.baselines.items() if isinstance(value, (int, float)) and value is not None]
         if extras:

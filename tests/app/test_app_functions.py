@@ -36,7 +36,7 @@ def test_evaluate_shows_the_library_value(app, demo_paths):
     assert float(baselines.set_index("measure").loc["S_init", "value"]) == pytest.approx(expected.baselines["s_init"], abs=1e-4)
     assert len(figure.axes) == 4  # spectrum, U(k), Q(k), π_k
     document = json.loads(Path(report_path).read_text())
-    assert document["schema"] == "dlr-hf/report/v2"
+    assert document["schema"] == "dlr-hf/report/v3"
     assert document["dlr"] == pytest.approx(expected.dlr, abs=1e-12)
     assert document["dataset"]["id"] == str(demo_paths["data"]) and document["dataset"]["split"] == "test"
     assert document["settings"]["reference"] == str(demo_paths["initial"])

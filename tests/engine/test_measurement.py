@@ -124,7 +124,7 @@ def test_evaluate_without_baselines_skips_the_parameter_norm(text_batches):
     data = eh.text_dataset(12)
     with_norm = evaluate(eh.tiny_bert(), data, processor=eh.minilm_tokenizer(), progress=False)
     without = evaluate(eh.tiny_bert(), data, processor=eh.minilm_tokenizer(), baselines=False, progress=False)
-    assert "param_norm" in with_norm.baselines and "param_norm" not in without.baselines
+    assert "param_norm_squared" in with_norm.baselines and "param_norm_squared" not in without.baselines
     assert without.dlr == with_norm.dlr
 
 

@@ -30,7 +30,7 @@ def test_evaluate_reports_every_block_of_the_measured_examples(tokenizer):
         assert row["effective_rank"] == pytest.approx(expected.effective_rank, rel=1e-7)  # float32 rounding floor
         assert "s_init" not in row
     document = json.loads(report.to_json())
-    assert document["schema"] == SCHEMA == "dlr-hf/report/v2" and document["layers"] == report.layers
+    assert document["schema"] == SCHEMA == "dlr-hf/report/v3" and document["layers"] == report.layers
     assert EvaluationReport.from_dict(document).layers == report.layers
     version_1 = {**{key: value for key, value in document.items() if key != "layers"}, "schema": "dlr-hf/report/v1"}
     assert EvaluationReport.from_dict(version_1).layers == []  # reports stored before v2 still load
