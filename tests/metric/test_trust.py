@@ -350,3 +350,16 @@ def test_a_4096_wide_head_path_matches_the_brute_force():
     expected, rank = bf.dlr(phi, phi @ weight.T)
     assert result.rank == rank
     assert result.dlr == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_parameter_norm_keeps_float64_precision_on_large_parameters(dtype):
+    from torch import nn
+
+    from dlr_hf.metric import parameter_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(30_000, 64), nn.Linear(64, 3))
+    model.to(dtype)
+    exact = sum(float((param.detach().double() ** 2).sum()) for param in model.parameters())
+    assert parameter_norm(model) == pytest.approx(exact, rel=1e-7)
