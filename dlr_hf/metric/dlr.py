@@ -61,6 +61,12 @@ class DLRResult:
 
     ``spectrum`` holds ρ_k (eigenvalues of the feature covariance ``S/n``, descending);
     ``utilisation`` U(k), ``quality`` Q(k) (labels only) and ``pi`` π_k are indexed like it.
+
+    ``1 − dlr = cka = alignment × ceiling`` exactly: ``ceiling = Σ_{k≤r} ρ_k / (√r ‖ρ‖)`` is the CKA
+    the best-placed r-dimensional function could reach on these features (how low-rank and
+    isotropic they are; 1 only for r equal directions), ``alignment = Σ_k ρ_k π_k / Σ_{k≤r} ρ_k`` is
+    how much of that the learned function takes (whether it reads the top feature directions). They
+    tell apart "the head reads weak directions" from "the features are spread or anisotropic".
     """
 
     dlr: float
@@ -78,6 +84,8 @@ class DLRResult:
     pi: list[float]
     quality: list[float] | None = None
     effective_rank: float | None = None
+    alignment: float | None = None
+    ceiling: float | None = None
     nc1: float | None = None
     accuracy: float | None = None
     num_labelled: int = 0
@@ -338,6 +346,8 @@ class DLRAccumulator(MergeableState):
         if not math.isfinite(cka):
             raise NonFiniteError("D_LR came out non-finite: the statistics overflowed; rescale the features")
         cka = min(max(cka, 0.0), 1.0)
+        top = float(spectrum.eigenvalues[: min(function.rank, spectrum.rank)].sum())
+        ceiling = min(top / (feature_norm * math.sqrt(function.rank)), 1.0)
         warnings: list[str] = []
         degenerate = function.rank >= spectrum.rank
         reason = None
@@ -363,6 +373,8 @@ class DLRAccumulator(MergeableState):
             utilisation=cumulative_share(function.output_power.clamp(min=0)).tolist(),
             pi=capture_per_direction(spectrum, function).tolist(),
             effective_rank=effective_rank(spectrum),
+            alignment=cka / ceiling,
+            ceiling=ceiling,
             rtol=self.rtol,
         )
 

@@ -363,3 +363,21 @@ def test_parameter_norm_keeps_float64_precision_on_large_parameters(dtype):
     model.to(dtype)
     exact = sum(float((param.detach().double() ** 2).sum()) for param in model.parameters())
     assert parameter_norm(model) == pytest.approx(exact, rel=1e-7)
+
+
+def test_cka_splits_into_alignment_and_ceiling():
+    """1 − D_LR = alignment × ceiling; isotropic features: ceiling √(C/p), alignment 1 (SPEC §2)."""
+    phi, logits, _, _ = labelled_problem(300, 12, 4, seed=14)
+    result = compute_dlr(phi, logits)
+    assert result.alignment * result.ceiling == pytest.approx(1 - result.dlr, abs=1e-12)
+    rho = np.asarray(result.spectrum)
+    assert result.ceiling == pytest.approx(rho[:4].sum() / (2 * np.linalg.norm(rho)), rel=1e-12)
+    basis, _ = np.linalg.qr(np.random.default_rng(15).normal(size=(200, 16)))
+    isotropic = bf.centre(basis)
+    isotropic, _ = np.linalg.qr(isotropic)
+    weight = np.random.default_rng(16).normal(size=(4, 16))
+    accumulator = DLRAccumulator(track_outputs=False)
+    accumulator.update(isotropic)
+    value = accumulator.compute(head_weight=weight)
+    assert value.ceiling == pytest.approx(np.sqrt(4 / 16), rel=1e-9)
+    assert value.alignment == pytest.approx(1.0, rel=1e-9)
