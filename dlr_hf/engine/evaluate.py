@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import transformers
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from torch import nn
@@ -108,6 +111,35 @@ def evaluate(
     all of them return the same report.
     """
     options = _options(options, settings, reference_model)
+    with _library_bars(progress):
+        return _evaluate(model, dataset, revision, processor, dataset_config, split, dataset_revision, input_columns,
+                         label_column, device_map, trust_remote_code, safetensors_only, options, accelerator, progress)
+
+
+@contextmanager
+def _library_bars(progress: bool) -> Iterator[None]:
+    """``progress=False`` (``--quiet``) silences transformers' weight-loading and datasets' bars too; restored after."""
+    if progress:
+        yield
+        return
+    transformers_on, datasets_on = transformers.utils.logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            transformers.utils.logging.enable_progress_bar()
+        if datasets_on:
+            datasets.enable_progress_bars()
+
+
+def _evaluate(
+    model: str | Path | nn.Module, dataset: Any, revision: str | None, processor: Any, dataset_config: str | None,
+    split: str | None, dataset_revision: str | None, input_columns: Any, label_column: str | None,
+    device_map: str | dict | None, trust_remote_code: bool, safetensors_only: bool, options: MeasurementOptions,
+    accelerator: Accelerator | None, progress: bool,
+) -> EvaluationReport:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     accelerator = accelerator or make_accelerator(options.precision)

@@ -5,6 +5,7 @@ Every field is documented in ``docs/report-schema.md``. Top-level keys:
 * ``schema`` — ``"dlr-hf/report/v3"`` (v3 added ``verdict`` and ``initial`` and renamed
   ``baselines.param_norm`` to ``param_norm_squared``; v2 added ``layers``; v1 and v2 documents still load)
 * ``dlr`` — the D_LR value (0 = maximally rich, 1 = maximally lazy)
+* ``measured`` — the module whose input gave the features: the ``layer`` option, else the head's module path
 * ``verdict`` — the reading: ``text``, ``label`` (rich / lazy / in between), ``basis`` ("change from
   initialisation" with a reference, else "absolute scale"), ``dlr``, ``dlr_initial``, ``change``,
   ``s_init``, ``tolerance``, ``yardstick`` (1 − √(C/p), the value of isotropic features)
@@ -199,6 +200,7 @@ class EvaluationReport:
         return {
             "schema": SCHEMA,
             "dlr": self.result.dlr,
+            "measured": self.site,
             "verdict": self.verdict.to_dict(),
             "initial": self.initial,
             "degenerate": self.result.degenerate,

@@ -1,7 +1,9 @@
 """``dlr-hf evaluate``: D_LR of Hub or local checkpoints from the shell.
 
 With no model it runs the built-in demo (a rich and a lazy checkpoint on the digits data, built
-offline on first use). Also runs under ``accelerate launch -m dlr_hf evaluate ...``: every process
+offline on first use, measured against their initial checkpoint). Also runs under several processes
+(``accelerate launch --multi_gpu [--cpu] --num_processes N -m dlr_hf evaluate ...`` or
+``python -m torch.distributed.run --nproc_per_node N -m dlr_hf evaluate ...``): every process
 computes, the main process prints and writes files.
 """
 
@@ -15,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
+from accelerate import Accelerator
+
 from dlr_hf.engine import (
     CLI,
     MeasurementOptions,
@@ -25,7 +29,15 @@ from dlr_hf.engine import (
     require_existing,
     write_atomic,
 )
+from dlr_hf.engine.report import MANY_SCHEMA, EvaluationReport
 from dlr_hf.errors import DLRError, InvalidArgumentError
+
+log = logging.getLogger("dlr_hf.cli")
+
+REFERENCE_FIRST = "first"
+"""``--reference first``: the first MODEL is the initial checkpoint of the others (checkpoints of one run)."""
+CLI_HELP = {"reference": f"; {REFERENCE_FIRST!r} = the first MODEL (checkpoints of one run: it is the initial one)"}
+"""What a flag means on the CLI beyond its ``MeasurementOptions`` help."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,12 +76,14 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             continue
         shown = f" (default {default})" if default is not None else ""
         kind = {"choices": spec["choices"]} if spec["choices"] else {"type": _checked(spec["validate"], spec["parse"] or str)}
-        parser.add_argument(f"--{name.replace('_', '-')}", default=default, help=spec["help"] + shown, **kind)
+        parser.add_argument(f"--{name.replace('_', '-')}", default=default, help=spec["help"] + CLI_HELP.get(name, "") + shown,
+                            **kind)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dlr-hf", description="D_LR: how rich (0) or lazy (1) a network's learning was.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="dlr-hf", description="D_LR: how rich (0) or lazy (1) a network's learning was. "
+                     "Command: evaluate (dlr-hf evaluate --help).")
+    commands = parser.add_subparsers(dest="command", metavar="evaluate")
     ev = commands.add_parser("evaluate", help="measure D_LR of one or more checkpoints on a dataset")
     ev.add_argument("models", nargs="*", metavar="MODEL", help="Hub id (ORG/NAME) or local folder; none = the built-in demo")
     ev.add_argument("--dataset", help="Hub id, local folder or data file (default with no MODEL: the demo's digits)")
@@ -81,29 +95,43 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--input-column", action="append", dest="input_columns", help="input column (twice for text pairs)")
     ev.add_argument("--label-column", help="label column (default: detected)")
     ev.add_argument("--device-map", choices=["auto"], help="spread a model larger than one device (single process)")
-    ev.add_argument("--output", type=Path, help="write the JSON report here")
+    ev.add_argument("--output", type=Path, help="write the JSON report here (one model: a report; several: "
+                    "{\"schema\": ..., \"reports\": [...]}; fields in docs/report-schema.md)")
     ev.add_argument("--plot", type=Path, help="write a PNG of the spectrum, U(k), Q(k) and π_k here (with --layers: "
                     "also the profile across depth, beside it as NAME-layers.EXT)")
     ev.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the Hub (review it first)")
     ev.add_argument("--allow-pickle", action="store_true",
                     help="load Hub checkpoints that ship only pickle weights (pickle can run code; local folders always load)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars (forward passes, weight loading, data)")
     return parser
 
 
-def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str]], str]:
-    """(label, model) pairs and the dataset; the demo fills in what was left out."""
+def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str, str | None]], str]:
+    """(label, model, reference) triples and the dataset; the demo fills in what was left out.
+
+    ``--reference first`` measures the first MODEL on its own (it is the initial checkpoint) and
+    every later one against it.
+    """
+    first = args.reference == REFERENCE_FIRST
     for what, name in [*(("model folder", model) for model in args.models), ("dataset path", args.dataset),
-                       ("reference folder", args.reference)]:
+                       ("reference folder", None if first else args.reference)]:
         if name:
             require_existing(name, what)
     if args.models:
         if not args.dataset:
             raise DLRError("--dataset is required when a MODEL is given (e.g. --dataset stanfordnlp/imdb)")
-        return [(model, model) for model in args.models], args.dataset
-    print("No model given: running the built-in demo (rich vs lazy ViT on the digits data).", file=sys.stderr)
+        if first and len(args.models) < 2:
+            raise InvalidArgumentError("--reference first needs at least two MODELs: the initial checkpoint, then the trained ones")
+        if first:
+            initial = args.models[0]
+            return [(initial, initial, None), *((model, model, initial) for model in args.models[1:])], args.dataset
+        return [(model, model, args.reference) for model in args.models], args.dataset
+    print("No model given: running the built-in demo (rich vs lazy ViT on the digits data, against their initial "
+          "checkpoint).", file=sys.stderr)
     demo = ensure_demo()
-    return [("demo rich", str(demo["rich"])), ("demo lazy", str(demo["lazy"]))], args.dataset or str(demo["data"])
+    reference = str(demo["initial"]) if args.reference in (None, REFERENCE_FIRST) else args.reference
+    return ([("demo rich", str(demo["rich"]), reference), ("demo lazy", str(demo["lazy"]), reference)],
+            args.dataset or str(demo["data"]))
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -127,10 +155,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     _check_outputs(args)
     targets, dataset = _targets(args)
-    options = MeasurementOptions.from_mapping(vars(args))
+    options = MeasurementOptions.from_mapping({**vars(args), "reference": None})
     accelerator = make_accelerator(options.precision)
+    warn_if_fewer_processes(accelerator)
     reports = []
-    for label, model in targets:
+    for label, model, reference in targets:
         report = evaluate(
             model,
             dataset,
@@ -143,7 +172,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             device_map=args.device_map,
             trust_remote_code=args.trust_remote_code,
             safetensors_only=not args.allow_pickle,
-            options=options,
+            options=options.with_changes(reference=reference),
             accelerator=accelerator,
             progress=not args.quiet,
         )
@@ -153,12 +182,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not accelerator.is_main_process:
         return 0
     if args.output:
-        documents = [report.to_dict() for _, report in reports]
-        write_atomic(args.output, json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n")
+        write_atomic(args.output, json.dumps(json_document([report for _, report in reports]), indent=2) + "\n")
         print(f"report written to {args.output}")
     if args.plot:
         _write_plots(args.plot, reports)
     return 0
+
+
+def json_document(reports: list[EvaluationReport]) -> dict[str, Any]:
+    """One model: its report (top-level ``dlr``); several: ``{"schema": MANY_SCHEMA, "reports": [...]}``."""
+    if len(reports) == 1:
+        return reports[0].to_dict()
+    return {"schema": MANY_SCHEMA, "reports": [report.to_dict() for report in reports]}
+
+
+def warn_if_fewer_processes(accelerator: Accelerator) -> None:
+    """Warn when a launcher asked for several processes and this one runs alone.
+
+    ``accelerate launch --cpu --num_processes N`` (accelerate 1.15) starts ONE process: it sets
+    MASTER_ADDR for N but no WORLD_SIZE; ``ACCELERATE_NUM_PROCESSES`` may also state N.
+    """
+    if accelerator.num_processes > 1:
+        return
+    asked = os.environ.get("ACCELERATE_NUM_PROCESSES", "")
+    launched_alone = "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+    if (asked.isdigit() and int(asked) > 1) or launched_alone:
+        wanted = asked if asked.isdigit() and int(asked) > 1 else "several"
+        log.warning(
+            "the launch asked for %s processes but this is the only one (accelerate launch --cpu --num_processes N "
+            "starts a single process); for N CPU processes use accelerate launch --multi_gpu --cpu --num_processes N, "
+            "or python -m torch.distributed.run --nproc_per_node N -m dlr_hf evaluate ...", wanted,
+        )
 
 
 def profile_plot_path(plot: Path) -> Path:
@@ -171,9 +225,10 @@ def _write_plots(plot: Path, reports: list[tuple[str, Any]]) -> None:
     from dlr_hf.surfaces.plots import profile_figure, visualisation_figure
 
     labels = [label for label, _ in reports]
-    figures = [(plot, visualisation_figure([r.result for _, r in reports], labels))]
+    figures = [(plot, visualisation_figure([r.result for _, r in reports], labels, plot_title([r for _, r in reports])))]
     if any(report.layers for _, report in reports):
-        profile = profile_figure([r.layers for _, r in reports], labels, [r.dlr for _, r in reports])
+        title = plot_title([r for _, r in reports], across_depth=True)
+        profile = profile_figure([r.layers for _, r in reports], labels, [r.dlr for _, r in reports], title)
         figures.append((profile_plot_path(plot), profile))
     file_format = plot.suffix.lower().lstrip(".")
     for path, figure in figures:
@@ -181,11 +236,24 @@ def _write_plots(plot: Path, reports: list[tuple[str, Any]]) -> None:
         print(f"plot written to {path}")
 
 
+def plot_title(reports: list[EvaluationReport], across_depth: bool = False) -> str:
+    """What a plot shows: the model(s), the dataset and its split, the measured layer (or head)."""
+    models = ", ".join(dict.fromkeys(Path(str(r.model.get("id"))).name or str(r.model.get("id")) for r in reports))
+    first = reports[0]
+    dataset = Path(str(first.dataset.get("id"))).name + (f" [{first.dataset['split']}]" if first.dataset.get("split") else "")
+    where = "layers across depth" if across_depth else ("layer " if first.head.get("layer") else "head ") + first.site
+    return f"{models} · {dataset} · {where} (n = {first.result.num_samples})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run_evaluate(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise InvalidArgumentError("no command given: use dlr-hf evaluate [MODEL ...] --dataset DATA "
+                                       "(no MODEL: the built-in demo); see dlr-hf evaluate --help")
+        return run_evaluate(args)
     except DLRError as error:
         print(f"dlr-hf: error: {error}", file=sys.stderr)
         return 2

@@ -14,9 +14,14 @@ from matplotlib.figure import Figure
 from dlr_hf.engine import DLRResult
 
 
-def visualisation_figure(results: Sequence[DLRResult], labels: Sequence[str]) -> Figure:
-    """Spectrum, cumulative utilisation U(k), cumulative quality Q(k) and π_k, one line per result."""
+def visualisation_figure(results: Sequence[DLRResult], labels: Sequence[str], title: str | None = None) -> Figure:
+    """Spectrum, cumulative utilisation U(k), cumulative quality Q(k) and π_k, one line per result.
+
+    ``title``: what was measured (model, dataset, layer), above the four panels.
+    """
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    if title:
+        figure.suptitle(title)
     spectrum, utilisation, quality, pi = axes.flat
     for result, label in zip(results, labels):
         k = np.arange(1, len(result.spectrum) + 1)
@@ -35,6 +40,10 @@ def visualisation_figure(results: Sequence[DLRResult], labels: Sequence[str]) ->
         axis.set_xscale("log")
         axis.grid(alpha=0.3)
     spectrum.set_title("Spectrum ρ_k / ρ_1 (rich: ~C dominant, then a cliff)")
+    spectrum.set_ylabel("ρ_k / ρ_1 (log)")
+    utilisation.set_ylabel("U(k)")
+    quality.set_ylabel("Q(k)")
+    pi.set_ylabel("π_k")
     utilisation.set_title("Cumulative utilisation U(k): output variance in top-k directions")
     utilisation.set_ylim(0, 1.02)
     quality.set_title("Cumulative quality Q(k): target explained by top-k (labels)")
@@ -64,14 +73,17 @@ def trajectory_figure(steps: Sequence[float], series: dict[str, Sequence[float |
 
 
 def profile_figure(profiles: Sequence[Sequence[dict[str, Any]]], labels: Sequence[str],
-                   heads: Sequence[float | None] | None = None) -> Figure:
+                   heads: Sequence[float | None] | None = None, title: str | None = None) -> Figure:
     """D_LR (and S_init, when measured) against depth, one line per model; the final head's D_LR as a star.
 
-    ``profiles``: each model's report ``layers`` rows; ``heads``: each model's final-head D_LR.
+    ``profiles``: each model's report ``layers`` rows; ``heads``: each model's final-head D_LR;
+    ``title``: what was measured (model, dataset), above the panels.
     """
     with_s_init = any("s_init" in row for rows in profiles for row in rows)
     figure, axes = plt.subplots(1, 2 if with_s_init else 1, figsize=(12 if with_s_init else 7.5, 4.5),
                                 constrained_layout=True, squeeze=False)
+    if title:
+        figure.suptitle(title)
     dlr_axis = axes[0][0]
     for index, (rows, label) in enumerate(zip(profiles, labels)):
         depth = [row["depth"] for row in rows]

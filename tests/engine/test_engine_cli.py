@@ -16,9 +16,15 @@ def test_default_runs_the_demo(demo_cache, demo, monkeypatch, capsys, tmp_path):
     assert "running the built-in demo" in captured.err
 
     printed = [float(value) for value in re.findall(r"^D_LR\s+([0-9.]+)", captured.out, flags=re.M)]
-    reports = json.loads(output.read_text())
+    document = json.loads(output.read_text())
+    assert document["schema"] == "dlr-hf/reports/v3"
+    reports = document["reports"]
     assert len(printed) == len(reports) == 2  # both checkpoints, both values
     rich, lazy = reports
+    # measured against the demo's initial checkpoint: a calibrated verdict, printed and in the JSON
+    assert rich["settings"]["reference"] == lazy["settings"]["reference"] == str(demo["initial"])
+    assert rich["verdict"]["label"] == "rich" and lazy["verdict"]["label"] == "lazy"
+    assert [f"verdict  {report['verdict']['text']}" in captured.out for report in reports] == [True, True]
     assert rich["model"]["path"] == str(demo["rich"].resolve()) and lazy["model"]["path"] == str(demo["lazy"].resolve())
     assert printed == [round(rich["dlr"], 4), round(lazy["dlr"], 4)]
     assert rich["dlr"] < lazy["dlr"]

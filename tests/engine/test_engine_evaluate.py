@@ -105,7 +105,7 @@ def test_json_report_round_trip(demo_reports, tmp_path):
     assert document["dlr"] == report.dlr == document["result"]["dlr"]
     assert set(document) == {
         "schema", "dlr", "degenerate", "warnings", "model", "dataset", "head", "result",
-        "baselines", "layers", "settings", "timings", "versions", "verdict", "initial",
+        "baselines", "layers", "settings", "timings", "versions", "verdict", "initial", "measured",
     }
     assert document["layers"] == []  # no profile asked for
     again = EvaluationReport.from_dict(document)
