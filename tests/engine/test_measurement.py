@@ -115,7 +115,7 @@ def test_parameter_norm_is_computed_once_and_only_when_wanted(text_batches, monk
     first, second = measurement.parameter_baselines(), measurement.parameter_baselines()
     assert first == second and len(calls) == 1
     expected = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
-    assert first["param_norm"] == pytest.approx(expected, rel=1e-12)
+    assert first["param_norm"] == pytest.approx(expected, rel=1e-7)  # float32 norms of 256-element chunks, summed in float64
     assert Measurement(model, make_accelerator(), MeasurementOptions(baselines=False)).parameter_baselines() == {}
     assert len(calls) == 1
 
