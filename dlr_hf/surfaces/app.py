@@ -31,7 +31,9 @@ import numbers
 import os
 import re
 import tempfile
+import threading
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,18 +52,23 @@ from dlr_hf.engine import (
     load_data,
     load_model,
     looks_like_path,
-    reading,
     write_atomic,
 )
+from dlr_hf.engine.loading import load_processor
 from dlr_hf.errors import DLRError
 from dlr_hf.surfaces.history import HISTORY_COLUMNS, HistoryStore, RequestKey, model_reference
-from dlr_hf.surfaces.plots import trajectory_figure, visualisation_figure
+from dlr_hf.surfaces.plots import profile_figure, runs_figure, visualisation_figure
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 BASELINE_COLUMNS = ["measure", "value", "meaning"]
-COMPARE_COLUMNS = ["checkpoint", "step", "D_LR", "reading", "accuracy", "rank r", "p", "C", "from history"]
+COMPARE_COLUMNS = ["run", "checkpoint", "D_LR", "accuracy", "step", "rank r", "p", "C", "from history"]
+"""The numbers right after the names, so that run, checkpoint, D_LR and accuracy fit a phone's width."""
+PROFILE_COLUMNS = ["model", "layer", "D_LR", "S_init", "depth", "p", "rank r", "effective rank"]
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "tokenizer.json")
+"""Files whose presence means a checkpoint folder carries its own tokenizer / image processor."""
+PROCESSOR_MODALITIES = ("image", "text", "audio")
 
 
 class RequestError(DLRError):
@@ -175,15 +182,15 @@ def _option_value(name: str, value: Any) -> Any:
     return _text(value, label)
 
 
-def _option_input(name: str, value: Any = None, info: str | None = None) -> gr.components.Component:
+def _option_input(name: str, value: Any = None, info: str | None = None, elem_id: str | None = None) -> gr.components.Component:
     """The input of one APP option: a whole-number box or a textbox, labelled and explained from its declaration."""
     spec = MeasurementOptions.spec(name)
     default = getattr(_DEFAULTS, name)
     label = spec["label"][:1].upper() + spec["label"][1:]
     value = default if value is None else value
     if isinstance(default, int) and not isinstance(default, bool):
-        return gr.Number(label=label, value=value, precision=0, info=info or spec["help"])
-    return gr.Textbox(label=label, value=value or "", info=info or spec["help"])
+        return gr.Number(label=label, value=value, precision=0, info=info or spec["help"], elem_id=elem_id)
+    return gr.Textbox(label=label, value=value or "", info=info or spec["help"], elem_id=elem_id)
 
 
 @dataclass
@@ -196,6 +203,7 @@ class Request:
     dataset_config: str | None = None
     split: str | None = None
     options: MeasurementOptions = field(default_factory=MeasurementOptions)
+    processor: str | None = None  # where the tokenizer / image processor is, when the checkpoint has none
 
     @property
     def reference(self) -> str | None:
@@ -215,10 +223,38 @@ class Outcome:
 
 @dataclass
 class Checkpoint:
+    """One checkpoint to compare; ``run`` groups the checkpoints of one training output folder into one line."""
+
     label: str
     model: str
     revision: str | None
     step: int | None
+    run: str
+
+
+class FailureNotes:
+    """The last error message of each browser session, for the ``.failure`` step that shows it in the
+    result area (Gradio hands that step no error). Bounded: API clients never read theirs."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self._notes: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def record(self, session: gr.Request | None, title: str, message: str) -> None:
+        if session is None or not session.session_hash:
+            return
+        with self._lock:
+            self._notes[session.session_hash] = (title, message)
+            self._notes.move_to_end(session.session_hash)
+            while len(self._notes) > self._keep:
+                self._notes.popitem(last=False)
+
+    def take(self, session: gr.Request | None) -> tuple[str, str] | None:
+        if session is None or not session.session_hash:
+            return None
+        with self._lock:
+            return self._notes.pop(session.session_hash, None)
 
 
 @dataclass
@@ -237,6 +273,7 @@ class DLRApp:
             demo_root = Path(self.demo_paths["data"]).resolve().parent
             self.config.local_roots = [*self.config.local_roots, demo_root]
         self.downloads = Path(tempfile.mkdtemp(prefix="dlr-hf-app-"))
+        self.failures = FailureNotes()
 
     # -- checks ------------------------------------------------------------------------------
     def _is_local(self, name: str, what: str) -> bool:
@@ -259,7 +296,7 @@ class DLRApp:
         return True
 
     def validate(self, model: Any, revision: Any, dataset: Any, dataset_config: Any, split: Any, *settings: Any,
-                 **named_settings: Any) -> Request:
+                 processor: Any = None, **named_settings: Any) -> Request:
         """A request from the Evaluate tab's fields; ``settings`` are the APP options in declaration order
         (``MeasurementOptions.on(APP)``) or by name, the omitted ones at their defaults."""
         model_name, dataset_name = _text(model, "model"), _text(dataset, "dataset")
@@ -273,12 +310,14 @@ class DLRApp:
         request = Request(
             model=model_name, dataset=dataset_name, revision=_text(revision, "revision"),
             dataset_config=_text(dataset_config, "config"), split=_text(split, "split"),
-            options=MeasurementOptions(**values),
+            options=MeasurementOptions(**values), processor=_text(processor, "processor"),
         )
         self._is_local(request.dataset, "dataset")
         self._is_local(request.model, "model")
         if request.reference:
             self._is_local(request.reference, "reference")
+        if request.processor:
+            self._is_local(request.processor, "processor")
         return request
 
     def _check_caps(self, values: dict[str, Any]) -> None:
@@ -326,6 +365,7 @@ class DLRApp:
             request.model,
             data.dataset,
             revision=request.revision,
+            processor=self._processor(request, model_local),
             split=data.source["split"],
             options=request.options,
             reference_model=reference,
@@ -348,6 +388,32 @@ class DLRApp:
         )
         return Outcome(report, False, None, time.perf_counter() - started, key)
 
+    def _processor(self, request: Request, model_local: bool) -> Any:
+        """The processor for a checkpoint saved without one (a Trainer without ``processing_class``): the
+        Processor field, else the run folder above it, else the base model its config names; None
+        (the engine loads the checkpoint's own) when it has one or none is found."""
+        folder = Path(request.model).expanduser()
+        if not request.processor and (not model_local or any((folder / name).exists() for name in PROCESSOR_FILES)):
+            return None
+        candidates = [request.processor] if request.processor else [str(folder.parent), _base_model_name(folder)]
+        for candidate in filter(None, candidates):
+            try:
+                local = self._is_local(candidate, "processor")
+            except RequestError:
+                if request.processor:
+                    raise
+                continue
+            if local and not any((Path(candidate).expanduser() / name).exists() for name in PROCESSOR_FILES):
+                continue
+            for modality in PROCESSOR_MODALITIES:
+                try:
+                    return load_processor(candidate, modality, None, trust_remote_code=False)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+            if request.processor:
+                raise RequestError(f"no tokenizer, image processor or feature extractor could be loaded from {candidate}")
+        return None
+
     @staticmethod
     def _key(request: Request, model_ref: str, source: dict[str, Any], reference_ref: str | None) -> RequestKey:
         fingerprint = source.get("fingerprint") or f"{source.get('id')}|{source.get('config')}|{source.get('num_rows')}"
@@ -362,11 +428,12 @@ class DLRApp:
 
     # -- Evaluate tab --------------------------------------------------------------------------
     def evaluate_ui(self, model, revision, dataset, dataset_config, split, num_samples, batch_size,
-                    layer, seed, reference, progress=gr.Progress(track_tqdm=True)):
+                    layer, seed, reference, processor=None, session: gr.Request = None,
+                    progress=gr.Progress(track_tqdm=True)):
         """Measure D_LR of one checkpoint: headline, details, baselines, plots, JSON report, history."""
-        with readable_errors():
+        with readable_errors(self.failures, session):
             request = self.validate(model, revision, dataset, dataset_config, split, num_samples, batch_size,
-                                    layer, seed, reference)
+                                    layer, seed, reference, processor=processor)
             outcome = self.measure(request, progress)
             report = outcome.report
             figure = visualisation_figure([report.result], [_short(request.model)])
@@ -381,6 +448,10 @@ class DLRApp:
                 self.history_table(),
             )
 
+    def evaluate_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
+        """After a failed measurement: the message in the headline's place, every stale number cleared."""
+        return failure_markdown(self.failures.take(session)), "", _empty(BASELINE_COLUMNS), None, None
+
     def _write_report(self, report: EvaluationReport, outcome: Outcome) -> Path:
         digest = outcome.key.digest[:10] if outcome.key else "report"
         path = self.downloads / f"dlr-report-{_slug(_short(report.model.get('id') or 'model'))}-{digest}.json"
@@ -390,13 +461,13 @@ class DLRApp:
     # -- Compare tab ---------------------------------------------------------------------------
     def expand_checkpoints(self, text: Any) -> list[Checkpoint]:
         """Entries (one per line or comma-separated): Hub ids (``id@revision``), local folders, or a
-        training output folder whose ``checkpoint-*`` subfolders are taken in step order."""
+        training output folder whose ``checkpoint-*`` subfolders are taken in step order (one run)."""
         listed = _text(text, "checkpoints", limit=MAX_TEXT_LENGTH * self.config.max_checkpoints) or ""
         entries = [entry.strip() for entry in re.split(r"[\n,]", listed) if entry.strip()]
         if not entries:
             raise RequestError(
-                "enter checkpoints to compare: Hub ids (ORG/NAME or ORG/NAME@revision), local checkpoint "
-                "folders, or one training output folder holding checkpoint-* folders"
+                "enter checkpoints: Hub ids (ORG/NAME or ORG/NAME@revision), local checkpoint "
+                "folders, or training output folders holding checkpoint-* folders"
             )
         checkpoints: list[Checkpoint] = []
         for entry in entries:
@@ -405,13 +476,17 @@ class DLRApp:
                 children = [child for child in path.iterdir() if child.is_dir() and CHECKPOINT_DIR.match(child.name)] if path.is_dir() else []
                 if children and not (path / "config.json").exists():
                     for child in sorted(children, key=lambda c: int(CHECKPOINT_DIR.match(c.name).group(1))):
-                        checkpoints.append(Checkpoint(child.name, str(child), None, int(CHECKPOINT_DIR.match(child.name).group(1))))
+                        step = int(CHECKPOINT_DIR.match(child.name).group(1))
+                        checkpoints.append(Checkpoint(child.name, str(child), None, step, str(path)))
                     continue
                 match = CHECKPOINT_DIR.match(path.name)
-                checkpoints.append(Checkpoint(path.name if match else _short(entry), entry, None, int(match.group(1)) if match else None))
+                if match:  # one checkpoint of a run: named by its run folder
+                    checkpoints.append(Checkpoint(path.name, entry, None, int(match.group(1)), str(path.parent)))
+                else:
+                    checkpoints.append(Checkpoint(_short(entry), entry, None, None, str(path)))
             else:
                 model, _, revision = entry.partition("@")
-                checkpoints.append(Checkpoint(entry, model, revision or None, None))
+                checkpoints.append(Checkpoint(entry, model, revision or None, None, entry))
         if len(checkpoints) > self.config.max_checkpoints:
             raise RequestError(
                 f"{len(checkpoints)} checkpoints is over this server's cap of {self.config.max_checkpoints} "
@@ -419,51 +494,103 @@ class DLRApp:
             )
         return checkpoints
 
+    def _measure_each(self, entries: list[Checkpoint], progress: Any, **request: Any) -> list[Outcome]:
+        """One measurement per checkpoint, all on the same data and settings; a failure names its checkpoint."""
+        requests = [self.validate(entry.model, entry.revision, **request) for entry in entries]
+        outcomes = []
+        for index, (entry, one) in enumerate(zip(entries, requests)):
+            progress((index, len(requests)), desc=f"checkpoint {entry.label}")
+            try:
+                outcomes.append(self.measure(one))
+            except DLRError as error:
+                raise DLRError(f"{entry.label}: {error}") from error
+        return outcomes
+
     def compare_ui(self, checkpoints, dataset, dataset_config, split, num_samples, batch_size, seed,
-                   progress=gr.Progress(track_tqdm=True)):
-        """D_LR and accuracy of several checkpoints on one dataset: table, line plot, JSON, history."""
-        with readable_errors():
+                   session: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+        """D_LR and accuracy of several checkpoints on one dataset: summary, table, one line per run, JSON, history."""
+        with readable_errors(self.failures, session):
             entries = self.expand_checkpoints(checkpoints)
-            requests = [
-                (entry, self.validate(entry.model, entry.revision, dataset, dataset_config, split,
-                                      num_samples=num_samples, batch_size=batch_size, seed=seed))
-                for entry in entries
-            ]
-            rows, reports, keys = [], [], []
-            for index, (entry, request) in enumerate(requests):
-                progress((index, len(requests)), desc=f"checkpoint {entry.label}")
-                try:
-                    outcome = self.measure(request)
-                except DLRError as error:
-                    raise DLRError(f"{entry.label}: {error}") from error
+            outcomes = self._measure_each(
+                entries, progress, dataset=dataset, dataset_config=dataset_config, split=split,
+                num_samples=num_samples, batch_size=batch_size, seed=seed,
+            )
+            rows, reports = [], []
+            run_names = _unique_names([entry.run for entry in entries])
+            for entry, outcome in zip(entries, outcomes):
                 result = outcome.report.result
-                keys.append(outcome.key.digest if outcome.key else entry.label)
-                reports.append({"checkpoint": entry.label, "step": entry.step, **outcome.report.to_dict()})
+                run = run_names[entry.run]
+                reports.append({"run": run, "checkpoint": entry.label, "step": entry.step, **outcome.report.to_dict()})
                 rows.append([
-                    entry.label, "" if entry.step is None else entry.step, round(result.dlr, 4), reading(result.dlr),
+                    run, entry.label, round(result.dlr, 4),
                     None if result.accuracy is None else round(result.accuracy, 4),
+                    "" if entry.step is None else entry.step,
                     result.rank, result.feature_dim, result.num_outputs, "yes" if outcome.cached else "no",
                 ])
             table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
-            stepped = all(entry.step is not None for entry in entries) and len({e.step for e in entries}) == len(entries)
-            x = [entry.step for entry in entries] if stepped else list(range(1, len(entries) + 1))
-            figure = trajectory_figure(
-                x,
-                {"D_LR (0 = rich, 1 = lazy)": [row[2] for row in rows], "accuracy": [row[4] for row in rows]},
-                xlabel="training step" if stepped else "checkpoint",
-            )
-            if not stepped:
-                figure.axes[0].set_xticks(x, [_short(entry.label) for entry in entries], rotation=15)
-            axis = figure.axes[0]
-            if axis.lines:
-                axis.lines[0].set_linewidth(2.5)  # D_LR is the headline series
-            axis.set_title("D_LR (richness) beside accuracy, checkpoint by checkpoint")
+            stepped = all(entry.step is not None for entry in entries)
+            runs: dict[str, tuple[list, list, list]] = {}
+            for position, row in enumerate(rows, start=1):
+                x, dlr, accuracy = runs.setdefault(row[0], ([], [], []))
+                x.append(row[4] if stepped else position)
+                dlr.append(row[2])
+                accuracy.append(row[3])
+            figure = runs_figure(runs, "training step" if stepped else "checkpoint",
+                                 None if stepped else [entry.label for entry in entries])
             _release(figure)
             # named by the requests' keys: asking the same comparison again rewrites the same file
-            digest = hashlib.sha256("".join(key for key in keys).encode()).hexdigest()[:10]
+            keys = [outcome.key.digest if outcome.key else entry.label for entry, outcome in zip(entries, outcomes)]
+            digest = hashlib.sha256("".join(keys).encode()).hexdigest()[:10]
             path = self.downloads / f"dlr-compare-{digest}.json"
             write_atomic(path, json.dumps(reports, indent=2, allow_nan=True) + "\n")
-            return table, figure, str(path), self.history_table()
+            summary = (f"**{len(entries)} checkpoints of {len(runs)} run{'s' if len(runs) != 1 else ''}** on "
+                       f"`{_short(str(dataset))}` · {sum(o.cached for o in outcomes)} answered from the history")
+            return summary, table, figure, str(path), self.history_table()
+
+    def compare_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
+        return failure_markdown(self.failures.take(session)), _empty(COMPARE_COLUMNS), None, None
+
+    # -- Layers tab ----------------------------------------------------------------------------
+    def layers_ui(self, checkpoints, dataset, dataset_config, split, layers, num_samples, batch_size, seed,
+                  reference, session: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+        """The richness profile across depth of one or more checkpoints: summary, overlaid plot, table, JSON, history."""
+        with readable_errors(self.failures, session):
+            entries = self.expand_checkpoints(checkpoints)
+            if _text(layers, "layers") is None:
+                raise RequestError("choose the layers: 'blocks' (every block's output) or module-path patterns")
+            outcomes = self._measure_each(
+                entries, progress, dataset=dataset, dataset_config=dataset_config, split=split,
+                num_samples=num_samples, batch_size=batch_size, seed=seed, reference=reference, layers=layers,
+            )
+            reports = [outcome.report for outcome in outcomes]
+            figure = profile_figure([report.layers for report in reports], [entry.label for entry in entries],
+                                    [report.dlr for report in reports])
+            _release(figure)
+            table = pd.DataFrame(
+                [[entry.label, row["name"], round(row["dlr"], 4), round(row["s_init"], 4) if "s_init" in row else None,
+                  row["depth"], row["feature_dim"], row["rank"], round(row["effective_rank"], 1)]
+                 for entry, report in zip(entries, reports) for row in report.layers],
+                columns=PROFILE_COLUMNS,
+            )
+            keys = [outcome.key.digest if outcome.key else entry.label for entry, outcome in zip(entries, outcomes)]
+            path = self.downloads / f"dlr-layers-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}.json"
+            documents = [{"checkpoint": entry.label, **report.to_dict()} for entry, report in zip(entries, reports)]
+            write_atomic(path, json.dumps(documents, indent=2, allow_nan=True) + "\n")
+            summary = (f"**{len(reports[0].layers)} layers of {len(entries)} model{'s' if len(entries) != 1 else ''}** "
+                       f"({_text(layers, 'layers')}), each layer's features against the final logits · ★ = the final head")
+            return summary, figure, table, str(path), self.history_table()
+
+    def layers_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
+        return failure_markdown(self.failures.take(session)), None, _empty(PROFILE_COLUMNS), None
+
+    def layer_choices(self, checkpoints, session: gr.Request = None) -> gr.Dropdown:
+        """'blocks' and the first checkpoint's linear layers as patterns (``*`` for the block number), so a
+        first layer-wise request needs no module paths."""
+        with readable_errors(self.failures, session):
+            entry = self.expand_checkpoints(checkpoints)[0]
+            loaded = load_model(entry.model, revision=entry.revision, trust_remote_code=False,
+                                safetensors_only=not self._is_local(entry.model, "model"))
+            return gr.Dropdown(choices=["blocks", *linear_layer_patterns(loaded.model)], value="blocks")
 
     # -- History tab -----------------------------------------------------------------------------
     def history_table(self) -> pd.DataFrame:
@@ -475,32 +602,64 @@ class DLRApp:
             return []
         paths = {name: str(path) for name, path in self.demo_paths.items()}
         return [
-            [paths["rich"], "", paths["data"], "", "test", 360, 32, "", 0, paths["initial"]],
-            [paths["lazy"], "", paths["data"], "", "test", 360, 32, "", 0, paths["initial"]],
+            [paths["rich"], "", paths["data"], "", "test", 360, 32, "", 0, paths["initial"], ""],
+            [paths["lazy"], "", paths["data"], "", "test", 360, 32, "", 0, paths["initial"], ""],
         ]
 
 
 # --- presentation ----------------------------------------------------------------------------------
 class readable_errors:
-    """Turn errors into a ``gr.Error`` the browser shows as a message, never a traceback."""
+    """Turn errors into a ``gr.Error`` (a message, never a traceback) and note it for the session, whose
+    ``.failure`` step then shows it in place of the result."""
+
+    def __init__(self, notes: FailureNotes | None = None, session: gr.Request | None = None) -> None:
+        self.notes, self.session = notes, session
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind, error, trace) -> bool:
-        if error is None or isinstance(error, gr.Error):
+        if error is None or isinstance(error, (KeyboardInterrupt, SystemExit)):
             return False
-        if isinstance(error, DLRError):
-            raise gr.Error(html.escape(str(error), quote=False), title="Cannot measure D_LR", print_exception=False) from None
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        if isinstance(error, gr.Error):
+            title, message = error.title, error.message
+        elif isinstance(error, DLRError):
+            title, message = "Cannot measure D_LR", str(error)
+        else:
+            log.exception("unexpected error in the app")
+            first_line = (str(error).splitlines() or [""])[0][:300]
+            title, message = "Something went wrong", f"unexpected {type(error).__name__}: {first_line} (the server log has the details)"
+        if self.notes is not None:
+            self.notes.record(self.session, title, message)
+        if isinstance(error, gr.Error):
             return False
-        log.exception("unexpected error in the app")
-        first_line = (str(error).splitlines() or [""])[0][:300]
-        raise gr.Error(
-            html.escape(f"unexpected {type(error).__name__}: {first_line} (the server log has the details)", quote=False),
-            title="Something went wrong",
-            print_exception=False,
-        ) from None
+        raise gr.Error(html.escape(message, quote=False), title=title, print_exception=False) from None
+
+
+def failure_markdown(note: tuple[str, str] | None) -> str:
+    """The error in the result area: it stays until the next run, and says that nothing stale is shown."""
+    title, message = note or ("The request failed", "the server gave no reason (a full queue, or a lost connection)")
+    quoted = "\n> ".join(html.escape(message, quote=False).splitlines())
+    return f"## ⚠ {title}\n> {quoted}\n\nNo result is shown: correct the input and run it again."
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([], columns=columns)
+
+
+def _base_model_name(folder: Path) -> str | None:
+    """The model a checkpoint was fine-tuned from, as its ``config.json`` names it (``_name_or_path``)."""
+    try:
+        name = json.loads((folder / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name.strip() and Path(name).expanduser() != folder else None
+
+
+def linear_layer_patterns(model: torch.nn.Module) -> list[str]:
+    """Module paths of the model's linear layers, block numbers replaced by ``*`` (one pattern per kind of layer)."""
+    paths = (name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear))
+    return list(dict.fromkeys(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", path) for path in paths))
 
 
 def _short(name: str) -> str:
@@ -509,6 +668,12 @@ def _short(name: str) -> str:
         parts = path.parts[-2:]
         return "/".join(parts)
     return str(name)
+
+
+def _unique_names(keys: list[str]) -> dict[str, str]:
+    """Short names for runs: each one's folder name, or its last two path parts when another run shares it."""
+    shared = Counter(Path(key).name for key in set(keys))
+    return {key: Path(key).name if shared[Path(key).name] == 1 else _short(key) for key in keys}
 
 
 def _slug(text: str) -> str:
@@ -531,13 +696,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def headline_markdown(report: EvaluationReport) -> str:
-    value = report.dlr
-    words = reading(value)
+    """D_LR and the engine's verdict: on the change from initialisation when a reference was measured,
+    else on the absolute scale (the verdict says which, and what that scale means for this p and C)."""
+    verdict = report.verdict
     marker = " ⚠ degenerate" if report.degenerate else ""
     return (
-        f"## D_LR = {value:.4f} — {words}{marker}\n"
-        "0 = maximally rich (the features collapse onto the function the network learned) · "
-        "1 = maximally lazy (features spread over directions the head hardly reads)"
+        f"## D_LR = {report.dlr:.4f} — {verdict.label}{marker}\n"
+        f"{verdict.text}.  \n*Verdict on the {verdict.basis}* · 0 = maximally rich (features collapsed onto the "
+        "learned function) · 1 = maximally lazy (features spread over directions the head hardly reads)"
     )
 
 
@@ -594,14 +760,15 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
     # one concurrency slot per device, shared by every event that runs a model
     slot = {"concurrency_limit": cfg.concurrency, "concurrency_id": f"device-{device_name()}"}
     examples = app.demo_examples()
-    defaults = examples[0] if examples else ["", "", "", "", ""] + [None] * len(MeasurementOptions.on(APP))
+    defaults = examples[0] if examples else ["", "", "", "", ""] + [None] * (len(MeasurementOptions.on(APP)) + 1)
+    paths = {name: str(path) for name, path in (app.demo_paths or {}).items()}
     with gr.Blocks(title="D_LR — dynamical richness", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             with gr.Tab("Evaluate", id="evaluate"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
-                        model = gr.Textbox(label="Model", value=defaults[0], placeholder="ORG/NAME or /path/to/checkpoint",
+                        model = gr.Textbox(label="Model", elem_id="evaluate-model", value=defaults[0], placeholder="ORG/NAME or /path/to/checkpoint",
                                            info="Hub id (safetensors weights only) or local folder")
                         revision = gr.Textbox(label="Revision", placeholder="main", info="branch, tag or commit (Hub)")
                         dataset = gr.Textbox(label="Dataset", value=defaults[2], placeholder="ORG/NAME or /path/to/data",
@@ -615,13 +782,18 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                         settings = {}
                         with gr.Row():
                             for name in MAIN_OPTIONS:
-                                settings[name] = _option_input(name, example.get(name), caps.get(name))
+                                settings[name] = _option_input(name, example.get(name), caps.get(name), f"evaluate-{name}")
                         with gr.Accordion("More options", open=False):
                             for name in options:
                                 if name not in MAIN_OPTIONS:
-                                    settings[name] = _option_input(name, example.get(name), caps.get(name))
+                                    settings[name] = _option_input(name, example.get(name), caps.get(name), f"evaluate-{name}")
+                            processor = gr.Textbox(
+                                label="Processor", placeholder="ORG/NAME or /path/with/tokenizer",
+                                info="where the tokenizer / image processor is, for a checkpoint saved without one "
+                                     "(otherwise its run folder and the base model in its config are tried)",
+                            )
                         run = gr.Button("Measure D_LR", variant="primary", elem_id="evaluate-button")
-                        inputs = [model, revision, dataset, dataset_config, split, *(settings[name] for name in options)]
+                        inputs = [model, revision, dataset, dataset_config, split, *(settings[name] for name in options), processor]
                         demo_examples = None
                         if examples:
                             demo_examples = gr.Examples(
@@ -630,11 +802,11 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                                 cache_examples=False, api_name="load_demo_example", api_visibility="private",
                                 elem_id="demo-examples",
                             )
-                    with gr.Column(scale=3, min_width=420):
+                    with gr.Column(scale=3, min_width=320):
                         headline = gr.Markdown("## D_LR = ?\nRun a measurement to see it here.", elem_id="dlr-headline")
                         details = gr.Markdown(elem_id="dlr-details")
                         baselines = gr.Dataframe(headers=BASELINE_COLUMNS, label="D_LR and the baselines", interactive=False, wrap=True,
-                                                 column_widths=["22%", "16%", "62%"])
+                                                 column_widths=["22%", "16%", "62%"], elem_id="dlr-baselines")
                         plot = gr.Plot(label="Spectrum, utilisation U(k), quality Q(k), π_k", show_label=False, format="png",
                                        elem_id="dlr-plot")
                         report_file = gr.File(label="JSON report", interactive=False, elem_id="dlr-report")
@@ -642,9 +814,10 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
                         checkpoints = gr.Textbox(
-                            label="Checkpoints", lines=5,
-                            placeholder="one per line: ORG/NAME@revision, /path/checkpoint-500, …\nor one training output folder",
-                            info="a training output folder is expanded into its checkpoint-* folders, in step order",
+                            label="Checkpoints", lines=5, elem_id="compare-checkpoints",
+                            placeholder="one per line: ORG/NAME@revision, /path/checkpoint-500, …\nor training output folders",
+                            info="a training output folder (a run) is expanded into its checkpoint-* folders, in step order; "
+                                 "each run is one line of the plot",
                         )
                         c_dataset = gr.Textbox(label="Dataset", value=defaults[2])
                         with gr.Row():
@@ -652,43 +825,111 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                             c_split = gr.Textbox(label="Split", value=defaults[4], placeholder="test")
                         with gr.Row():
                             c_samples, c_batch, c_seed = (
-                                _option_input(name, example.get(name)) for name in ("num_samples", "batch_size", "seed")
+                                _option_input(name, example.get(name), elem_id=f"compare-{name}")
+                                for name in ("num_samples", "batch_size", "seed")
                             )
                         compare = gr.Button("Compare", variant="primary", elem_id="compare-button")
                         c_inputs = [checkpoints, c_dataset, c_config, c_split, c_samples, c_batch, c_seed]
                         compare_examples = None
                         if examples:
-                            paths = {name: str(path) for name, path in app.demo_paths.items()}
                             compare_examples = gr.Examples(
                                 [["\n".join(paths[name] for name in ("initial", "lazy", "rich")), paths["data"], "", "test", 360, 32, 0]],
                                 c_inputs, label="Built-in demo: initial, lazy and rich checkpoints",
                                 example_labels=["demo: initial → lazy → rich"],
                                 cache_examples=False, api_name="load_compare_example", api_visibility="private",
                             )
-                    with gr.Column(scale=3, min_width=420):
-                        c_plot = gr.Plot(label="D_LR and accuracy against checkpoint", show_label=False, format="png",
+                    with gr.Column(scale=3, min_width=320):
+                        c_message = gr.Markdown(elem_id="compare-message")
+                        c_table = gr.Dataframe(headers=COMPARE_COLUMNS, label="Checkpoints", interactive=False, wrap=False,
+                                               max_chars=16, elem_id="compare-table")
+                        c_plot = gr.Plot(label="D_LR and accuracy of each run", show_label=False, format="png",
                                          elem_id="compare-plot")
-                        c_table = gr.Dataframe(headers=COMPARE_COLUMNS, label="Checkpoints", interactive=False, wrap=True)
                         c_file = gr.File(label="JSON reports", interactive=False)
+            with gr.Tab("Layers", id="layers"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=320):
+                        l_checkpoints = gr.Textbox(
+                            label="Checkpoints", lines=3, elem_id="layers-checkpoints",
+                            placeholder="one per line: ORG/NAME@revision or /path/to/checkpoint",
+                            info="every model's profile is drawn in the same plot",
+                        )
+                        with gr.Row():
+                            l_layers = gr.Dropdown(
+                                ["blocks"], value="blocks", allow_custom_value=True, label="Layers", elem_id="layers-choice",
+                                info="'blocks': every block's output, read where the head reads; or module-path "
+                                     "patterns ('*' = one path part, comma-separated)",
+                            )
+                            l_list = gr.Button("List the model's layers", size="sm", elem_id="layers-list")
+                        l_dataset = gr.Textbox(label="Dataset", value=defaults[2])
+                        with gr.Row():
+                            l_config = gr.Textbox(label="Config", placeholder="default")
+                            l_split = gr.Textbox(label="Split", value=defaults[4], placeholder="test")
+                        with gr.Row():
+                            l_samples, l_batch, l_seed = (
+                                _option_input(name, example.get(name), elem_id=f"layers-{name}")
+                                for name in ("num_samples", "batch_size", "seed")
+                            )
+                        l_reference = _option_input("reference", example.get("reference"))
+                        profile = gr.Button("Measure the profile", variant="primary", elem_id="layers-button")
+                        l_inputs = [l_checkpoints, l_dataset, l_config, l_split, l_layers, l_samples, l_batch, l_seed, l_reference]
+                        layers_examples = None
+                        if examples:
+                            layers_examples = gr.Examples(
+                                [["\n".join(paths[name] for name in ("rich", "lazy")), paths["data"], "", "test", "blocks", 360, 32, 0,
+                                  paths["initial"]]],
+                                l_inputs, label="Built-in demo: rich and lazy, every block",
+                                example_labels=["demo: rich vs lazy across depth"],
+                                cache_examples=False, api_name="load_layers_example", api_visibility="private",
+                            )
+                    with gr.Column(scale=3, min_width=320):
+                        l_message = gr.Markdown(elem_id="layers-message")
+                        l_plot = gr.Plot(label="D_LR and S_init against depth", show_label=False, format="png",
+                                         elem_id="layers-plot")
+                        l_table = gr.Dataframe(headers=PROFILE_COLUMNS, label="Profile", interactive=False, wrap=False,
+                                               max_chars=16, elem_id="layers-table")
+                        l_file = gr.File(label="JSON reports", interactive=False)
             with gr.Tab("History", id="history"):
-                gr.Markdown(f"Every measurement is kept in `{app.history.path}`; a repeated request is answered from it at once.")
+                gr.Markdown("Every measurement is kept on this server; a repeated request is answered from it at once.")
                 history = gr.Dataframe(headers=HISTORY_COLUMNS, label="Past evaluations",
                                        interactive=False, wrap=True, elem_id="history-table")
                 refresh = gr.Button("Refresh")
 
-        outputs = [headline, details, baselines, plot, report_file, history]
-        c_outputs = [c_table, c_plot, c_file, history]
-        run.click(app.evaluate_ui, inputs, outputs, api_name="evaluate", **slot)
-        compare.click(app.compare_ui, c_inputs, c_outputs, api_name="compare", **slot)
+        # each run: the result, or (.failure) its message in the result's place with nothing stale left
+        heavy = [
+            (app.evaluate_ui, app.evaluate_failed, inputs, [headline, details, baselines, plot, report_file],
+             run, demo_examples, "evaluate"),
+            (app.compare_ui, app.compare_failed, c_inputs, [c_message, c_table, c_plot, c_file],
+             compare, compare_examples, "compare"),
+            (app.layers_ui, app.layers_failed, l_inputs, [l_message, l_plot, l_table, l_file],
+             profile, layers_examples, "layers"),
+        ]
+        for function, failed, fn_inputs, results, button, button_examples, name in heavy:
+            events = [button.click(function, fn_inputs, [*results, history], api_name=name, **slot)]
+            if button_examples is not None:
+                events.append(button_examples.load_input_event.then(
+                    function, fn_inputs, [*results, history], api_visibility="private", **slot))
+            for event in events:
+                event.failure(failed, None, results, api_visibility="private", queue=False)
+        l_list.click(app.layer_choices, l_checkpoints, l_layers, api_name="layer_choices", **slot)
         refresh.click(app.history_table, None, history, api_name="history")
         demo.load(app.history_table, None, history, api_visibility="private")
-        if demo_examples is not None:
-            demo_examples.load_input_event.then(app.evaluate_ui, inputs, outputs, api_visibility="private", **slot)
-            compare_examples.load_input_event.then(app.compare_ui, c_inputs, c_outputs, api_visibility="private", **slot)
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
     return demo
 
 
+CSS = """
+/* on a phone the result tables keep their names and first numbers on screen (the rest scrolls sideways) */
+@media (max-width: 480px) {
+  #compare-table .cell-wrap, #layers-table .cell-wrap { font-size: 12px !important; padding: 4px !important; }
+  #compare-table .cell-wrap span, #layers-table .cell-wrap span { padding: 0 !important; }
+  #compare-table th:nth-child(1), #compare-table td:nth-child(1), #layers-table th:nth-child(1), #layers-table td:nth-child(1) { width: 80px !important; min-width: 80px !important; max-width: 80px !important; }
+  #compare-table th:nth-child(2), #compare-table td:nth-child(2), #layers-table th:nth-child(2), #layers-table td:nth-child(2) { width: 108px !important; min-width: 108px !important; max-width: 108px !important; }
+  #compare-table th:nth-child(3), #compare-table td:nth-child(3), #layers-table th:nth-child(3), #layers-table td:nth-child(3) { width: 60px !important; min-width: 60px !important; max-width: 60px !important; }
+  #compare-table th:nth-child(4), #compare-table td:nth-child(4), #layers-table th:nth-child(4), #layers-table td:nth-child(4) { width: 74px !important; min-width: 74px !important; max-width: 74px !important; }
+}
+"""
+
+
 def launch_options() -> dict[str, Any]:
     """Keyword arguments for ``demo.launch``: theme and the server settings Gradio reads from the environment."""
-    return {"theme": gr.themes.Soft(), "show_error": False}
+    return {"theme": gr.themes.Soft(), "show_error": False, "css": CSS}

@@ -113,3 +113,31 @@ def profile_figure(profiles: Sequence[Sequence[dict[str, Any]]], labels: Sequenc
         axes[0][1].set_ylabel("S_init (CKA to the initial features)")
         axes[0][1].set_title("Similarity to initialisation across depth")
     return figure
+
+
+def runs_figure(runs: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float | None]]],
+                xlabel: str = "training step", tick_labels: Sequence[str] | None = None) -> Figure:
+    """D_LR (top) and accuracy (bottom, its own panel) over training, one line per run in the same colour.
+
+    ``runs``: run name → (x, D_LR, accuracy) of its checkpoints in order; ``tick_labels`` names the
+    positions 1, 2, … when the checkpoints carry no training step. One line per run, so two runs are
+    never joined into one line.
+    """
+    figure, (dlr_axis, accuracy_axis) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, constrained_layout=True)
+    for name, (x, dlr, accuracy) in runs.items():
+        line, = dlr_axis.plot(x, dlr, marker="o", linewidth=2.5, label=name)
+        points = [(step, value) for step, value in zip(x, accuracy) if value is not None]
+        if points:
+            accuracy_axis.plot(*zip(*points), marker="s", linewidth=1.5, color=line.get_color(), label=name)
+    dlr_axis.set_ylim(-0.02, 1.02)
+    dlr_axis.set_ylabel("D_LR (0 = rich, 1 = lazy)")
+    dlr_axis.set_title("Richness (D_LR) and accuracy of each run's checkpoints")
+    dlr_axis.legend(fontsize=8, title="run", title_fontsize=8)
+    accuracy_axis.set_ylim(-0.02, 1.02)
+    accuracy_axis.set_ylabel("accuracy")
+    accuracy_axis.set_xlabel(xlabel)
+    if tick_labels is not None:
+        accuracy_axis.set_xticks(range(1, len(tick_labels) + 1), tick_labels, rotation=15)
+    for axis in (dlr_axis, accuracy_axis):
+        axis.grid(alpha=0.3)
+    return figure

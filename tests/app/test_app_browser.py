@@ -1,7 +1,9 @@
-"""In a real browser: Debian chromium driven by Python playwright clicks the demo example.
+"""In a real browser: Debian chromium driven by Python playwright.
 
-CI installs the browser with ``bash scripts/install_browser.sh``. Set DLR_HF_UPDATE_SCREENSHOT=1
-to refresh ``docs/app.png`` from this run.
+The demo example, an error after a success (the message stays, nothing stale is left), two runs
+overlaid in Compare, the Layers view, and the Compare table on a 390 px phone. CI installs the
+browser with ``bash scripts/install_browser.sh``. Set DLR_HF_UPDATE_SCREENSHOT=1 to refresh
+``docs/app.png`` and ``docs/compare.png`` from this run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from dlr_hf.engine import evaluate
 
 CHROMIUM = Path("/usr/bin/chromium")
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "app.png"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 pytestmark = [
     pytest.mark.browser,
@@ -24,8 +26,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def page(served):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -35,14 +37,30 @@ def page(served):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
-            yield page
+            yield browser
         finally:
             browser.close()
 
 
-def test_demo_example_runs_in_the_browser(served, page, demo_paths, tmp_path):
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    yield page
+    page.close()
+
+
+def keep_screenshot(page, tmp_path: Path, name: str) -> None:
+    """A full-page screenshot (a rendered page, not a blank one); copied to docs/ when asked to."""
+    screenshot = tmp_path / name
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 20_000
+    if os.environ.get("DLR_HF_UPDATE_SCREENSHOT"):
+        DOCS.mkdir(exist_ok=True)
+        shutil.copy(screenshot, DOCS / name)
+
+
+def test_demo_example_then_an_error_leaves_no_stale_numbers(served, page, demo_paths, tmp_path):
     app, _, url = served
     page.goto(url)
     example = page.get_by_text("rich ViT on digits (full back-propagation)")
@@ -53,12 +71,7 @@ def test_demo_example_runs_in_the_browser(served, page, demo_paths, tmp_path):
     headline.get_by_text(re.compile(r"D_LR = \d")).wait_for(timeout=30_000)
     shown = float(re.search(r"D_LR = ([0-9.]+)", headline.inner_text()).group(1))
     page.locator("#dlr-report").get_by_text(re.compile(r"dlr-report-.*\.json")).wait_for(timeout=30_000)
-    screenshot = tmp_path / "app.png"
-    page.screenshot(path=str(screenshot), full_page=True)
-    assert screenshot.stat().st_size > 20_000
-    if os.environ.get("DLR_HF_UPDATE_SCREENSHOT"):
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copy(screenshot, DOCS_SCREENSHOT)
+    keep_screenshot(page, tmp_path, "app.png")
 
     # the example's settings: the whole test split (360), batch 32, seed 0, the initial checkpoint as reference
     example_row = app.demo_examples()[0]
@@ -68,5 +81,91 @@ def test_demo_example_runs_in_the_browser(served, page, demo_paths, tmp_path):
     )
     assert shown == pytest.approx(expected.dlr, abs=5e-5)
     assert "rich" in headline.inner_text()
-    details = page.locator("#dlr-details").inner_text()
-    assert "n = 360 samples" in details
+    assert "n = 360 samples" in page.locator("#dlr-details").inner_text()
+
+    # now a bad request: the message takes the result's place and stays; no number of the last run is left
+    page.locator("#evaluate-model textarea, #evaluate-model input").first.fill("nobody-here/no-such-model-dlr")
+    page.locator("#evaluate-button").click()
+    headline.get_by_text("Cannot measure D_LR").wait_for(timeout=60_000)
+    page.wait_for_timeout(11_000)  # longer than a toast lives
+    text = headline.inner_text()
+    assert "could not load the Hub model 'nobody-here/no-such-model-dlr'" in text
+    assert "D_LR =" not in text and f"{shown:.4f}" not in page.locator("body").inner_text()
+    assert page.locator("#dlr-details").inner_text().strip() == ""
+    assert page.locator("#dlr-plot img").count() == 0
+    assert page.locator("#dlr-report").get_by_text(re.compile(r"dlr-report-")).count() == 0
+    assert not page.locator("#dlr-baselines").get_by_text(re.compile(r"^0\.\d{4}$")).count()
+
+
+@pytest.fixture
+def two_runs(demo_paths, tmp_path) -> list[Path]:
+    """Two Trainer-style output folders from the same initialisation: run-rich and run-lazy, steps 0 and 50."""
+    runs = []
+    for run, trained in (("run-rich", "rich"), ("run-lazy", "lazy")):
+        for step, name in ((0, "initial"), (50, trained)):
+            shutil.copytree(demo_paths[name], tmp_path / run / f"checkpoint-{step}")
+        runs.append(tmp_path / run)
+    return runs
+
+
+def run_compare(page, url: str, runs: list[Path], data: Path) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-checkpoints textarea").fill("\n".join(map(str, runs)))
+    for name, value in (("num_samples", "24"), ("batch_size", "24")):
+        page.locator(f"#compare-{name} input").fill(value)
+    page.locator("#compare-button").click()
+    page.locator("#compare-plot img").wait_for(state="visible", timeout=240_000)
+    page.locator("#compare-message").get_by_text("4 checkpoints of 2 runs").wait_for(timeout=30_000)
+
+
+def assert_runs_readable(page, runs: list[Path], width: int) -> None:
+    """Each run's two checkpoints are rows of the table, and run, checkpoint, D_LR and accuracy are on
+    screen, whole (not cut to "0.46…"), within ``width`` pixels."""
+    cells = [cell.strip() for cell in page.locator("#compare-table").inner_text().splitlines() if cell.strip()]
+    for run in runs:
+        rows = [cells[index:index + 4] for index, cell in enumerate(cells) if cell == run.name]
+        assert [row[1] for row in rows] == ["checkpoint-0", "checkpoint-50"], cells
+        for _, _, dlr, accuracy in rows:
+            assert re.fullmatch(r"0\.\d{3,4}", dlr) and re.fullmatch(r"[01](\.\d{1,4})?", accuracy), cells
+    for header in ("run", "checkpoint", "D_LR", "accuracy"):
+        box = page.locator(f'#compare-table th[title="{header}"]').bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (header, box)
+
+
+def test_compare_overlays_two_runs(served, page, two_runs, tmp_path, demo_paths):
+    _, _, url = served
+    run_compare(page, url, two_runs, demo_paths["data"])
+    assert_runs_readable(page, two_runs, 1400)
+    keep_screenshot(page, tmp_path, "compare.png")
+
+
+def test_compare_table_fits_a_390px_phone(served, browser, two_runs, tmp_path, demo_paths):
+    """On a phone too; the page itself does not scroll sideways."""
+    _, _, url = served
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    phone.set_default_timeout(30_000)
+    try:
+        run_compare(phone, url, two_runs, demo_paths["data"])
+        assert_runs_readable(phone, two_runs, 390)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        keep_screenshot(phone, tmp_path, "compare-phone.png")
+    finally:
+        phone.close()
+
+
+def test_layers_view_in_the_browser(served, page, demo_paths):
+    _, _, url = served
+    page.goto(url)
+    page.get_by_role("tab", name="Layers").click()
+    page.locator("#layers-checkpoints textarea").fill(f"{demo_paths['rich']}\n{demo_paths['lazy']}")
+    page.locator("#layers-list").click()
+    page.locator("#layers-choice input").click()
+    page.get_by_role("option", name="vit.layers.*.mlp.fc2").wait_for(timeout=60_000)
+    page.get_by_role("option", name="blocks").click()
+    for name, value in (("num_samples", "24"), ("batch_size", "24")):
+        page.locator(f"#layers-{name} input").fill(value)
+    page.locator("#layers-button").click()
+    page.locator("#layers-plot img").wait_for(state="visible", timeout=240_000)
+    page.locator("#layers-message").get_by_text("layers of 2 models").wait_for(timeout=30_000)
+    assert page.locator("#layers-table").get_by_text("block_01").count() == 2

@@ -211,3 +211,24 @@ def test_unexpected_errors_are_readable(app, demo_paths, monkeypatch):
     monkeypatch.setattr(app, "measure", broken)
     message = error_of(app.evaluate_ui, *example_args(demo_paths))
     assert message == "unexpected RuntimeError: disk full (the server log has the details)"
+
+
+@pytest.mark.parametrize("view", ["evaluate", "compare", "layers"])
+def test_an_error_leaves_a_message_in_place_of_the_result(app, demo_paths, view):
+    """The browser's .failure step: the session's message where the result was, every stale number cleared."""
+    session, other = gr.Request(session_hash="tab-1"), gr.Request(session_hash="tab-2")
+    data = str(demo_paths["data"])
+    call = {
+        "evaluate": lambda: app.evaluate_ui(*example_args(demo_paths, model=""), session=session),
+        "compare": lambda: app.compare_ui(" ", data, "", "test", 16, 16, 0, session=session),
+        "layers": lambda: app.layers_ui(str(demo_paths["rich"]), data, "", "test", "", 16, 16, 0, "", session=session),
+    }[view]
+    expected = {"evaluate": "enter a model", "compare": "enter checkpoints", "layers": "choose the layers"}[view]
+    failed = getattr(app, f"{view}_failed")
+    with pytest.raises(gr.Error):
+        call()
+    assert failed(other)[0].startswith("## ⚠ The request failed")  # another session's message is not shown here
+    message, *cleared = failed(session)
+    assert message.startswith("## ⚠ Cannot measure D_LR") and expected in message and "D_LR =" not in message
+    assert all(value is None or (isinstance(value, str) and value == "") or value.empty for value in cleared)
+    assert failed(session)[0].startswith("## ⚠ The request failed")  # shown once

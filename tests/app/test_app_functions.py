@@ -8,10 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
+import gradio as gr
 import pandas as pd
 import pytest
 
-from dlr_hf.engine import evaluate
+from dlr_hf.engine import SCHEMA, evaluate
 from app_helpers import example_args, make_app
 
 HEADLINE = re.compile(r"D_LR = ([0-9.]+)")
@@ -30,13 +31,14 @@ def test_evaluate_shows_the_library_value(app, demo_paths):
     expected = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=48, seed=0,
                         reference_model=str(demo_paths["initial"]), progress=False)
     assert shown_dlr(headline) == pytest.approx(expected.dlr, abs=5e-5)
+    assert expected.verdict.basis == "change from initialisation" and expected.verdict.text in headline
     assert "rank r** = 10" in details and "**p** = 64" in details and "**C** = 10" in details
     assert "Measured in" in details
     assert list(baselines["measure"]) == ["D_LR", "accuracy", "NC1", "effective rank", "‖θ‖²", "S_init", "‖θ − θ0‖ / ‖θ0‖"]
     assert float(baselines.set_index("measure").loc["S_init", "value"]) == pytest.approx(expected.baselines["s_init"], abs=1e-4)
     assert len(figure.axes) == 4  # spectrum, U(k), Q(k), π_k
     document = json.loads(Path(report_path).read_text())
-    assert document["schema"] == "dlr-hf/report/v3"
+    assert document["schema"] == SCHEMA
     assert document["dlr"] == pytest.approx(expected.dlr, abs=1e-12)
     assert document["dataset"]["id"] == str(demo_paths["data"]) and document["dataset"]["split"] == "test"
     assert document["settings"]["reference"] == str(demo_paths["initial"])
@@ -87,28 +89,36 @@ def training_run(demo_paths, tmp_path) -> Path:
 
 
 def test_compare_expands_a_training_folder_in_step_order(app, demo_paths, training_run):
-    table, figure, path, history = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)
+    summary, table, figure, path, history = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)
+    assert summary.startswith("**3 checkpoints of 1 run**")
+    assert list(table.columns[:4]) == ["run", "checkpoint", "D_LR", "accuracy"]  # the names, then the numbers
+    assert list(table["run"]) == ["run"] * 3
     assert list(table["checkpoint"]) == ["checkpoint-5", "checkpoint-10", "checkpoint-20"]
     assert list(table["step"]) == [5, 10, 20]
     rich = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=32, progress=False)
     assert table["D_LR"].iloc[-1] == pytest.approx(rich.dlr, abs=5e-5)
     assert table["accuracy"].iloc[-1] == pytest.approx(rich.baselines["accuracy"], abs=5e-5)
-    assert figure.axes[0].get_xlabel() == "training step"
-    lines = {line.get_label(): line for line in figure.axes[0].lines}
-    assert list(lines["D_LR (0 = rich, 1 = lazy)"].get_xdata()) == [5, 10, 20]
+    dlr_axis, accuracy_axis = figure.axes
+    assert accuracy_axis.get_xlabel() == "training step" and accuracy_axis.get_ylabel() == "accuracy"
+    assert [line.get_label() for line in dlr_axis.lines] == ["run"]
+    assert list(dlr_axis.lines[0].get_xdata()) == [5, 10, 20]
+    assert list(accuracy_axis.lines[0].get_ydata()) == list(table["accuracy"])
     assert len(json.loads(Path(path).read_text())) == 3
     assert len(history) == 3
     # the same checkpoints again: every one answered from the history
-    again = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)[0]
+    again = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)[1]
     assert list(again["from history"]) == ["yes"] * 3
     pd.testing.assert_series_equal(again["D_LR"], table["D_LR"])
 
 
 def test_compare_takes_a_list_of_checkpoints(app, demo_paths, training_run):
     entries = f"{training_run / 'checkpoint-20'}, {demo_paths['lazy']}"
-    table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 32, 32, 0)
-    assert list(table["checkpoint"]) == ["checkpoint-20", "demo-v3/lazy".replace("demo-v3", demo_paths["lazy"].parent.name)]
-    assert figure.axes[0].get_xlabel() == "checkpoint"
+    _, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 32, 32, 0)
+    lazy = f"{demo_paths['lazy'].parent.name}/lazy"
+    assert list(table["checkpoint"]) == ["checkpoint-20", lazy]
+    assert list(table["run"]) == ["run", "lazy"]  # a checkpoint-* folder is named by its run
+    assert figure.axes[1].get_xlabel() == "checkpoint"
+    assert [tick.get_text() for tick in figure.axes[1].get_xticklabels()] == ["checkpoint-20", lazy]
     assert table["D_LR"].iloc[0] < table["D_LR"].iloc[1]  # rich below lazy
 
 
@@ -158,7 +168,86 @@ def test_build_demo_wires_the_device_slot_and_a_bounded_queue(app):
 
     demo = build_demo(app)
     assert demo._queue.max_size == app.config.queue_size
-    heavy = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") in ("evaluate_ui", "compare_ui")]
-    assert len(heavy) == 4  # two buttons, two demo examples
+    heavy = [fn for fn in demo.fns.values()
+             if getattr(fn.fn, "__name__", "") in ("evaluate_ui", "compare_ui", "layers_ui", "layer_choices")]
+    assert len(heavy) == 7  # three buttons, three demo examples, the layer list
     assert {fn.concurrency_id for fn in heavy} == {f"device-{device_name()}"}
     assert {fn.concurrency_limit for fn in heavy} == {1}
+
+
+def test_two_runs_are_two_lines_named_by_run(app, demo_paths, tmp_path):
+    """Two training output folders: never joined into one line; x = training step; accuracy on its own panel."""
+    for run, names in (("run-rich", ("initial", "rich")), ("run-lazy", ("initial", "lazy"))):
+        for step, name in zip((0, 50), names):
+            shutil.copytree(demo_paths[name], tmp_path / run / f"checkpoint-{step}")
+    entries = f"{tmp_path / 'run-rich'}\n{tmp_path / 'run-lazy'}"
+    summary, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 24, 24, 0)
+    assert summary.startswith("**4 checkpoints of 2 runs**")
+    runs = ["run-rich", "run-lazy"]
+    dlr_axis, accuracy_axis = figure.axes
+    assert [line.get_label() for line in dlr_axis.lines] == runs
+    assert [line.get_label() for line in accuracy_axis.lines] == runs
+    for line, run in zip(dlr_axis.lines, runs):
+        assert list(line.get_xdata()) == [0, 50]
+        assert list(line.get_ydata()) == list(table[table["run"] == run]["D_LR"])
+    rich_end, lazy_end = table[table["step"] == 50]["D_LR"]
+    assert rich_end < lazy_end
+
+
+def test_layers_view_overlays_the_profiles_of_rich_and_lazy(app, demo_paths):
+    entries = f"{demo_paths['rich']}\n{demo_paths['lazy']}"
+    summary, figure, table, path, history = app.layers_ui(
+        entries, str(demo_paths["data"]), "", "test", "blocks", 40, 20, 0, str(demo_paths["initial"]))
+    for name in ("rich", "lazy"):
+        expected = evaluate(str(demo_paths[name]), str(demo_paths["data"]), split="test", num_samples=40, seed=0,
+                            layers="blocks", reference_model=str(demo_paths["initial"]), progress=False)
+        rows = table[table["model"] == f"{demo_paths[name].parent.name}/{name}"]
+        assert list(rows["layer"]) == [row["name"] for row in expected.layers]
+        assert list(rows["D_LR"]) == pytest.approx([row["dlr"] for row in expected.layers], abs=5e-5)
+        assert list(rows["S_init"]) == pytest.approx([row["s_init"] for row in expected.layers], abs=5e-5)
+    assert summary.startswith(f"**{len(expected.layers)} layers of 2 models** (blocks)")
+    dlr_axis, s_init_axis = figure.axes
+    assert [line.get_label() for line in dlr_axis.lines if not line.get_label().startswith("_")] == list(table["model"].unique())
+    assert s_init_axis.get_ylabel().startswith("S_init")
+    assert [document["checkpoint"] for document in json.loads(Path(path).read_text())] == list(table["model"].unique())
+    assert len(history) == 2
+
+
+def test_layer_choices_offer_blocks_and_the_linear_layers(app, demo_paths):
+    choices = [value for _, value in app.layer_choices(str(demo_paths["rich"])).choices]
+    assert choices[0] == "blocks"
+    assert "vit.layers.*.mlp.fc2" in choices and "classifier" in choices
+    # a listed pattern is measured as offered
+    _, _, table, _, _ = app.layers_ui(str(demo_paths["rich"]), str(demo_paths["data"]), "", "test",
+                                       "vit.layers.*.mlp.fc2", 24, 24, 0, "")
+    assert len(table) == 2 and table["S_init"].isna().all()
+
+
+def test_a_run_saved_without_a_processor_finds_its_run_folders(app, demo_paths, tmp_path):
+    """Trainer without processing_class: the checkpoint has no preprocessor_config.json, its run folder does."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_paths["rich"], run / "checkpoint-7")
+    (run / "checkpoint-7" / "preprocessor_config.json").rename(run / "preprocessor_config.json")
+    headline = app.evaluate_ui(*example_args(demo_paths, model=str(run / "checkpoint-7"), n=24))[0]
+    expected = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=24, progress=False)
+    assert shown_dlr(headline) == pytest.approx(expected.dlr, abs=5e-5)
+
+
+def test_the_processor_field_serves_a_bare_checkpoint(app, demo_paths, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(demo_paths["rich"], bare)
+    (bare / "preprocessor_config.json").unlink()
+    with pytest.raises(gr.Error, match="processor"):
+        app.evaluate_ui(*example_args(demo_paths, model=str(bare), n=24))
+    headline = app.evaluate_ui(*example_args(demo_paths, model=str(bare), n=24), str(demo_paths["lazy"]))[0]
+    expected = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=24, progress=False)
+    assert shown_dlr(headline) == pytest.approx(expected.dlr, abs=5e-5)
+
+
+def test_runs_sharing_a_folder_name_stay_apart(app, demo_paths, tmp_path):
+    for owner, name in (("alice", "rich"), ("bob", "lazy")):
+        shutil.copytree(demo_paths[name], tmp_path / owner / "run" / "checkpoint-1")
+    entries = f"{tmp_path / 'alice' / 'run'}\n{tmp_path / 'bob' / 'run'}"
+    _, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 16, 16, 0)
+    assert list(table["run"]) == ["alice/run", "bob/run"]
+    assert len(figure.axes[0].lines) == 2

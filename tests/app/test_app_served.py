@@ -21,8 +21,8 @@ def shown(headline: str) -> float:
 
 def test_api_lists_the_three_endpoints(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/evaluate", "/compare", "/history"} <= set(endpoints)
-    assert len(endpoints["/evaluate"]["parameters"]) == 10
+    assert {"/evaluate", "/compare", "/layers", "/layer_choices", "/history"} <= set(endpoints)
+    assert len(endpoints["/evaluate"]["parameters"]) == 11  # the APP options, then the processor
 
 
 def test_evaluate_through_the_client(client, demo_paths):
@@ -41,10 +41,11 @@ def test_evaluate_through_the_client(client, demo_paths):
 
 def test_compare_through_the_client(client, demo_paths):
     entries = "\n".join(str(demo_paths[name]) for name in ("initial", "lazy", "rich"))
-    table, plot, reports, history = client.predict(entries, str(demo_paths["data"]), "", "test", 24, 24, 0, api_name="/compare")
-    assert [row[0].split("/")[-1] for row in table["data"]] == ["initial", "lazy", "rich"]
+    summary, table, plot, reports, history = client.predict(entries, str(demo_paths["data"]), "", "test", 24, 24, 0, api_name="/compare")
+    assert summary.startswith("**3 checkpoints of 3 runs**")
+    assert [row[1].split("/")[-1] for row in table["data"]] == ["initial", "lazy", "rich"]
     assert plot["plot"].startswith("data:image/png;base64,")
-    assert [document["checkpoint"] for document in json.loads(Path(reports).read_text())] == [row[0] for row in table["data"]]
+    assert [document["checkpoint"] for document in json.loads(Path(reports).read_text())] == [row[1] for row in table["data"]]
     assert client.predict(api_name="/history")["headers"][0] == "when (UTC)"
 
 
