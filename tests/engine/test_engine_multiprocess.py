@@ -51,5 +51,5 @@ def test_two_processes_equal_one(demo, tmp_path):
     assert report["baselines"]["accuracy"] == pytest.approx(single.baselines["accuracy"], abs=1e-12)
     assert report["result"]["class_counts"] == single.result.class_counts
     # Only the main process prints.
-    assert done.stdout.count("D_LR ") == 1
+    assert done.stdout.count("\ndataset ") + done.stdout.startswith("dataset ") == 1
     assert done.stdout.count("report written to") == 1
