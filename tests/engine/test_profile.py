@@ -45,7 +45,7 @@ def test_cli_prints_the_table_and_plots_the_profile_of_every_model(demo_cache, d
             "--layers", "blocks", "--reference", str(demo["initial"]), "--output", str(output), "--plot", str(plot), "--quiet"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    rich, lazy = json.loads(output.read_text())
+    rich, lazy = json.loads(output.read_text())["reports"]
     expected = evaluate(str(demo["rich"]), str(demo["data"]), num_samples=64, layers="blocks",
                         reference_model=str(demo["initial"]), progress=False)
     assert [row["dlr"] for row in rich["layers"]] == pytest.approx([row["dlr"] for row in expected.layers], abs=1e-12)
