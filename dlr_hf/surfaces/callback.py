@@ -659,8 +659,8 @@ def _callback_options(settings: dict[str, Any]) -> MeasurementOptions:
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
         raise InvalidArgumentError(
-            f"DLRCallback got unknown setting(s) {', '.join(unknown)}; it takes probe_dataset, every_n_steps, "
-            f"write_files and {', '.join(allowed)}"
+            f"DLRCallback got unknown setting(s) {', '.join(unknown)}; it takes probe_dataset, source, "
+            f"every_n_steps, write_files and {', '.join(allowed)}"
         )
     options = MeasurementOptions(**{**allowed, **settings})
     if options.num_samples is not None and options.num_samples < 2:

@@ -58,7 +58,7 @@ def probe(size: int):
 @pytest.mark.parametrize(
     "settings",
     [{"rtol": 1e-12}, {"rtol": 1.0}, {"rtol": float("nan")}, {"num_samples": 1}, {"num_samples": 2.5},
-     {"every_n_steps": 0}, {"every_n_steps": 1.5}, {"batch_size": 0}, {"seed": -1}],
+     {"every_n_steps": 0}, {"every_n_steps": 1.5}, {"batch_size": 0}, {"seed": -1}, {"source": "train"}],
 )
 def test_wrong_settings_fail_at_construction(settings):
     with pytest.raises(InvalidArgumentError):

@@ -55,9 +55,10 @@ def test_callback_arguments_are_the_callback_options():
 
     callback = DLRCallback(num_samples=64, layer="x.y", rtol=1e-5, baselines=False)
     args = callback.state()["args"]
-    assert set(args) == {*MeasurementOptions.on(CALLBACK), "every_n_steps", "write_files"}
+    assert set(args) == {*MeasurementOptions.on(CALLBACK), "source", "every_n_steps", "write_files"}
     restored = DLRCallback(**args)  # what the Trainer does on resume
     assert restored.options == callback.options
+    assert restored.source == callback.source == "eval"
     assert (restored.options.num_samples, restored.options.layer, restored.options.baselines) == (64, "x.y", False)
     assert DLRCallback().options.num_samples == 512 and DLRCallback().options.batch_size is None
     with pytest.raises(InvalidArgumentError, match="unknown setting.*precision"):
