@@ -83,8 +83,6 @@ class LayerReading:
         return row if self.s_init is None else {**row, "s_init": self.s_init}
 
 
-
-
 @dataclass
 class _Site:
     """One tapped place of the model: its tap, accumulator and S_init pairing."""
