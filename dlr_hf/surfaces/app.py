@@ -69,6 +69,7 @@ PROFILE_COLUMNS = ["model", "layer", "D_LR", "S_init", "depth", "p", "rank r", "
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "tokenizer.json")
 """Files whose presence means a checkpoint folder carries its own tokenizer / image processor."""
 PROCESSOR_MODALITIES = ("image", "text", "audio")
+NOTHING_SELECTED = "Click a row to select a measurement, then open it in the Evaluate view or delete it."
 
 
 class RequestError(DLRError):
@@ -597,6 +598,52 @@ class DLRApp:
         """Past evaluations, newest first."""
         return pd.DataFrame(self.history.rows(), columns=HISTORY_COLUMNS)
 
+    def history_selected(self, event: gr.SelectData) -> tuple[str, str]:
+        """The clicked row's ``id``, and a line saying which measurement the buttons act on."""
+        row = dict(zip(HISTORY_COLUMNS, event.row_value or []))
+        if not row.get("id"):
+            return "", NOTHING_SELECTED
+        return row["id"], (f"Selected: `{_short(str(row['model']))}` on `{_short(str(row['dataset']))}`, "
+                           f"D_LR {row['D_LR']} ({row['when (UTC)']} UTC, id `{row['id']}`)")
+
+    def reopen(self, row_id: str) -> tuple[Any, ...]:
+        """A stored result in the Evaluate view, its request in the Evaluate fields: the selected tab,
+        the fields (model, revision, dataset, config, split, then the APP options), the result."""
+        with readable_errors():
+            found = self.history.find(row_id) if row_id else None
+            if found is None:
+                raise RequestError("select a row of the history first (it may have been deleted)")
+            fields, stored = found
+            outcome = Outcome(stored.report, True, stored.created)
+            figure = visualisation_figure([stored.report.result], [_short(fields["model"])])
+            _release(figure)
+            path = self.downloads / f"dlr-report-{_slug(_short(fields['model']))}-{row_id}.json"
+            write_atomic(path, stored.report.to_json() + "\n")
+            options = [fields.get(name) if name in fields else getattr(_DEFAULTS, name) for name in MeasurementOptions.on(APP)]
+            return (
+                gr.Tabs(selected="evaluate"),
+                *(fields[name] or "" for name in ("model", "revision", "dataset", "dataset_config", "split")),
+                *("" if value is None else value for value in options),
+                headline_markdown(stored.report), details_markdown(stored.report, outcome), baselines_frame(stored.report),
+                figure, str(path),
+            )
+
+    def delete_rows(self, row_id: str) -> tuple[pd.DataFrame, str, str]:
+        """Forget the selected measurement: the table without it, and nothing selected."""
+        with readable_errors():
+            if not row_id or not self.history.delete([row_id]):
+                raise RequestError("select a row of the history first (it may have been deleted)")
+            return self.history_table(), "", NOTHING_SELECTED
+
+    def history_downloads(self) -> list[str]:
+        """The whole history as CSV (the table's columns) and JSON (every request and full report)."""
+        with readable_errors():
+            table, documents = self.history_table(), self.history.documents()
+            csv_path, json_path = self.downloads / "dlr-history.csv", self.downloads / "dlr-history.json"
+            write_atomic(csv_path, table.to_csv(index=False))
+            write_atomic(json_path, json.dumps(documents, indent=2, allow_nan=True) + "\n")
+            return [str(csv_path), str(json_path)]
+
     def demo_examples(self) -> list[list[Any]]:
         if not self.demo_paths:
             return []
@@ -764,7 +811,7 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
     paths = {name: str(path) for name, path in (app.demo_paths or {}).items()}
     with gr.Blocks(title="D_LR — dynamical richness", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(INTRO)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Evaluate", id="evaluate"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
@@ -890,9 +937,16 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                         l_file = gr.File(label="JSON reports", interactive=False)
             with gr.Tab("History", id="history"):
                 gr.Markdown("Every measurement is kept on this server; a repeated request is answered from it at once.")
+                selected = gr.State("")
+                selection = gr.Markdown(NOTHING_SELECTED, elem_id="history-selection")
+                with gr.Row():
+                    reopen = gr.Button("Open in Evaluate", elem_id="history-open")
+                    delete = gr.Button("Delete", variant="stop", elem_id="history-delete")
+                    refresh = gr.Button("Refresh")
+                    download = gr.Button("Download CSV and JSON", elem_id="history-download")
                 history = gr.Dataframe(headers=HISTORY_COLUMNS, label="Past evaluations",
                                        interactive=False, wrap=True, elem_id="history-table")
-                refresh = gr.Button("Refresh")
+                history_files = gr.File(label="History", file_count="multiple", interactive=False, elem_id="history-files")
 
         # each run: the result, or (.failure) its message in the result's place with nothing stale left
         heavy = [
@@ -912,6 +966,12 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                 event.failure(failed, None, results, api_visibility="private", queue=False)
         l_list.click(app.layer_choices, l_checkpoints, l_layers, api_name="layer_choices", **slot)
         refresh.click(app.history_table, None, history, api_name="history")
+        history.select(app.history_selected, None, [selected, selection], api_visibility="private", queue=False)
+        reopen.click(app.reopen, selected, [tabs, model, revision, dataset, dataset_config, split,
+                                            *(settings[name] for name in options), headline, details, baselines, plot,
+                                            report_file], api_visibility="private")
+        delete.click(app.delete_rows, selected, [history, selected, selection], api_visibility="private")
+        download.click(app.history_downloads, None, history_files, api_name="history_download")
         demo.load(app.history_table, None, history, api_visibility="private")
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
     return demo

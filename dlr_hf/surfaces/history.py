@@ -61,8 +61,12 @@ CREATE TABLE IF NOT EXISTS evaluations (
 """
 
 HISTORY_COLUMNS = [
-    "when (UTC)", "model", "model ref", "dataset", "split", "n", "seed", "layer", "D_LR", "accuracy", "version",
+    "when (UTC)", "model", "model ref", "dataset", "split", "n", "seed", "layer", "reference", "D_LR", "accuracy",
+    "version", "id",
 ]
+ID_LENGTH = 12
+"""Characters of the key shown as a row's ``id`` (enough to tell a few thousand results apart)."""
+REQUEST_FIELDS = ("model", "revision", "dataset", "dataset_config", "split", "num_samples", "seed", "layer", "reference")
 
 
 def default_history_path() -> Path:
@@ -211,18 +215,51 @@ class HistoryStore:
         """The latest evaluations, newest first, as rows under ``HISTORY_COLUMNS``."""
         with closing(self._connect()) as connection:
             rows = connection.execute(
-                "SELECT created, model, model_ref, dataset, split, num_samples, seed, layer, dlr, accuracy, version "
-                "FROM evaluations ORDER BY created DESC, rowid DESC LIMIT ?",
+                "SELECT created, model, model_ref, dataset, split, num_samples, seed, layer, reference, dlr, accuracy, "
+                "version, key FROM evaluations ORDER BY created DESC, rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         out = []
-        for created, model, ref, dataset, split, n, seed, layer, dlr, accuracy, version in rows:
+        for created, model, ref, dataset, split, n, seed, layer, reference, dlr, accuracy, version, key in rows:
             short_ref = ref[:17] if ref.startswith("sha256:") else ref.rsplit("@", 1)[-1][:10]
             out.append([
-                created, model, short_ref, dataset, split or "", n, seed, layer or "",
+                created, model, short_ref, dataset, split or "", n, seed, layer or "", reference or "",
                 None if dlr is None else round(dlr, 4), None if accuracy is None else round(accuracy, 4), version,
+                key[:ID_LENGTH],
             ])
         return out
+
+    def find(self, row_id: str) -> tuple[dict[str, Any], StoredEvaluation] | None:
+        """The request fields (``REQUEST_FIELDS``) and the result of the row whose ``id`` is ``row_id``."""
+        with closing(self._connect()) as connection:
+            row = connection.execute(
+                f"SELECT {', '.join(REQUEST_FIELDS)}, report, created, seconds FROM evaluations WHERE substr(key, 1, ?) = ?",
+                (ID_LENGTH, row_id),
+            ).fetchone()
+        if row is None:
+            return None
+        fields = dict(zip(REQUEST_FIELDS, row))
+        report, created, seconds = row[len(REQUEST_FIELDS):]
+        return fields, StoredEvaluation(EvaluationReport.from_dict(json.loads(report)), created, seconds)
+
+    def delete(self, row_ids: list[str]) -> int:
+        """Forget the rows with these ``id``s; how many were removed."""
+        with closing(self._connect()) as connection, connection:
+            return sum(
+                connection.execute("DELETE FROM evaluations WHERE substr(key, 1, ?) = ?", (ID_LENGTH, row_id)).rowcount
+                for row_id in row_ids
+            )
+
+    def documents(self) -> list[dict[str, Any]]:
+        """Every stored evaluation, newest first: its ``id``, request fields, time and full report."""
+        with closing(self._connect()) as connection:
+            rows = connection.execute(
+                f"SELECT key, created, {', '.join(REQUEST_FIELDS)}, report FROM evaluations ORDER BY created DESC, rowid DESC"
+            ).fetchall()
+        return [
+            {"id": key[:ID_LENGTH], "created": created, **dict(zip(REQUEST_FIELDS, fields)), "report": json.loads(report)}
+            for key, created, *fields, report in rows
+        ]
 
     def __len__(self) -> int:
         with closing(self._connect()) as connection:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from app_helpers import example_args
+
 from dlr_hf.engine import evaluate
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -169,3 +171,19 @@ def test_layers_view_in_the_browser(served, page, demo_paths):
     page.locator("#layers-plot img").wait_for(state="visible", timeout=240_000)
     page.locator("#layers-message").get_by_text("layers of 2 models").wait_for(timeout=30_000)
     assert page.locator("#layers-table").get_by_text("block_01").count() == 2
+
+
+def test_a_history_row_reopens_in_the_evaluate_view(served, page, demo_paths):
+    app, _, url = served
+    app.evaluate_ui(*example_args(demo_paths, "lazy", n=20, seed=5))
+    row = app.history_table().query("n == 20 and seed == 5").iloc[0]
+    page.goto(url)
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-table").get_by_text(row["id"], exact=True).filter(visible=True).click()
+    page.locator("#history-selection").get_by_text(row["id"]).wait_for()
+    page.locator("#history-open").click()
+    headline = page.locator("#dlr-headline")
+    headline.get_by_text(f"D_LR = {row['D_LR']:.4f}").wait_for(timeout=60_000)
+    page.locator("#dlr-plot img").wait_for(state="visible")
+    assert page.locator("#evaluate-model textarea, #evaluate-model input").first.input_value() == str(demo_paths["lazy"])
+    assert page.locator("#evaluate-num_samples input").input_value() == "20"

@@ -251,3 +251,43 @@ def test_runs_sharing_a_folder_name_stay_apart(app, demo_paths, tmp_path):
     _, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 16, 16, 0)
     assert list(table["run"]) == ["alice/run", "bob/run"]
     assert len(figure.axes[0].lines) == 2
+
+
+class Selected:
+    """What Gradio hands ``history_selected`` when a row of the table is clicked."""
+
+    def __init__(self, row: list):
+        self.row_value = row
+
+
+def test_a_history_row_reopens_in_the_evaluate_view(app, demo_paths):
+    measured = app.evaluate_ui(*example_args(demo_paths, "lazy", n=24, seed=3, reference=str(demo_paths["initial"])))
+    app.evaluate_ui(*example_args(demo_paths, "rich", n=16))
+    table = app.history_table()
+    row = table[table["model"] == str(demo_paths["lazy"])].iloc[0]
+    row_id, selection = app.history_selected(Selected(list(row)))
+    assert row_id == row["id"] and "demo-v4/lazy" in selection.replace(demo_paths["lazy"].parent.name, "demo-v4")
+    tab, model, revision, dataset, config, split, n, batch, layer, seed, reference, headline, details, baselines, figure, path = (
+        app.reopen(row_id))
+    assert tab.selected == "evaluate"
+    assert (model, dataset, split, n, seed, reference) == (
+        str(demo_paths["lazy"]), str(demo_paths["data"]), "test", 24, 3, str(demo_paths["initial"]))
+    assert headline == measured[0] and "Answered from the history" in details
+    pd.testing.assert_frame_equal(baselines, measured[2])
+    assert json.loads(Path(path).read_text())["dlr"] == pytest.approx(shown_dlr(measured[0]), abs=5e-5)
+
+
+def test_history_rows_are_deleted_and_downloaded(app, demo_paths):
+    app.evaluate_ui(*example_args(demo_paths, "lazy", n=16))
+    app.evaluate_ui(*example_args(demo_paths, "rich", n=16))
+    csv_path, json_path = app.history_downloads()
+    exported = pd.read_csv(csv_path)
+    assert list(exported.columns) == list(app.history_table().columns) and len(exported) == 2
+    documents = json.loads(Path(json_path).read_text())
+    assert [document["id"] for document in documents] == list(app.history_table()["id"])
+    assert documents[0]["report"]["dlr"] == pytest.approx(app.history_table()["D_LR"].iloc[0], abs=5e-5)
+    doomed = app.history_table()["id"].iloc[0]
+    table, selected, _ = app.delete_rows(doomed)
+    assert list(table["id"]) == [documents[1]["id"]] and selected == "" and len(app.history) == 1
+    with pytest.raises(gr.Error, match="select a row"):
+        app.reopen(doomed)
