@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # Install the browser the app's browser tests drive (tests/app, marker `browser`): Debian's
 # chromium at /usr/bin/chromium, used by Python playwright through executable_path (no
-# playwright browser download). Does nothing when chromium is already there.
+# playwright browser download), and axe-core from the npm registry for the accessibility check
+# (into $DLR_HF_AXE_DIR, default ~/.cache/dlr-hf/axe; needs npm). Skips what is already there.
 set -euo pipefail
+AXE_VERSION=4.14.1
+AXE_DIR="${DLR_HF_AXE_DIR:-$HOME/.cache/dlr-hf/axe}"
+if [ ! -f "$AXE_DIR/node_modules/axe-core/axe.min.js" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    mkdir -p "$AXE_DIR"
+    npm install --no-save --no-audit --no-fund --prefix "$AXE_DIR" "axe-core@$AXE_VERSION" >/dev/null
+    echo "axe-core $AXE_VERSION installed in $AXE_DIR"
+  else
+    echo "install_browser.sh: npm not found; the accessibility test will be skipped (apt-get install npm)" >&2
+  fi
+fi
 if [ -x /usr/bin/chromium ]; then
   echo "chromium already installed: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
   exit 0

@@ -1,7 +1,8 @@
 """In a real browser: Debian chromium driven by Python playwright.
 
 The demo example, an error after a success (the message stays, nothing stale is left), two runs
-overlaid in Compare, the Layers view, and the Compare table on a 390 px phone. CI installs the
+overlaid in Compare, the Layers view, the Compare table on a 390 px phone, re-opening a history
+row, and an axe-core accessibility check (zero serious or critical violations). CI installs the
 browser with ``bash scripts/install_browser.sh``. Set DLR_HF_UPDATE_SCREENSHOT=1 to refresh
 ``docs/app.png`` and ``docs/compare.png`` from this run.
 """
@@ -20,6 +21,7 @@ from app_helpers import example_args
 from dlr_hf.engine import evaluate
 
 CHROMIUM = Path("/usr/bin/chromium")
+AXE = Path(os.environ.get("DLR_HF_AXE_DIR", Path.home() / ".cache" / "dlr-hf" / "axe")) / "node_modules" / "axe-core" / "axe.min.js"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 pytestmark = [
@@ -187,3 +189,28 @@ def test_a_history_row_reopens_in_the_evaluate_view(served, page, demo_paths):
     page.locator("#dlr-plot img").wait_for(state="visible")
     assert page.locator("#evaluate-model textarea, #evaluate-model input").first.input_value() == str(demo_paths["lazy"])
     assert page.locator("#evaluate-num_samples input").input_value() == "20"
+
+
+@pytest.mark.skipif(not AXE.exists(), reason=f"{AXE} is absent: run `bash scripts/install_browser.sh` (needs npm)")
+def test_no_serious_accessibility_violations(served, page):
+    """axe-core on every tab, with a result shown: contrast, ARIA, plot alt text; and a visible focus ring."""
+    _, _, url = served
+    page.goto(url)
+    page.get_by_text("lazy ViT on digits (last layer only)").click()
+    plot = page.locator("#dlr-plot img")
+    plot.wait_for(state="visible", timeout=180_000)
+    page.locator("#dlr-headline").get_by_text(re.compile(r"D_LR = \d")).wait_for(timeout=30_000)
+    assert plot.get_attribute("alt").startswith("Four panels for the measured checkpoint")
+    serious = {}
+    for tab in ("Evaluate", "Compare", "Layers", "History"):
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(300)
+        page.add_script_tag(path=str(AXE))
+        result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+        serious[tab] = [(violation["id"], [node["target"] for node in violation["nodes"]])
+                        for violation in result["violations"] if violation["impact"] in ("serious", "critical")]
+    assert serious == {tab: [] for tab in serious}
+    page.get_by_role("tab", name="Evaluate").click()
+    field = page.locator("#evaluate-model textarea, #evaluate-model input").first
+    field.focus()
+    assert field.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
