@@ -33,6 +33,7 @@ import re
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ PROFILE_COLUMNS = ["model", "layer", "D_LR", "S_init", "depth", "p", "rank r", "
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "tokenizer.json")
 """Files whose presence means a checkpoint folder carries its own tokenizer / image processor."""
 PROCESSOR_MODALITIES = ("image", "text", "audio")
+URL_FIELDS = ("model", "revision", "dataset", "dataset_config", "split", *MeasurementOptions.on(APP), "processor")
+"""Query parameters of a shared link, in the order of the Evaluate inputs."""
 NOTHING_SELECTED = "Click a row to select a measurement, then open it in the Evaluate view or delete it."
 
 
@@ -442,16 +445,31 @@ class DLRApp:
             path = self._write_report(report, outcome)
             return (
                 headline_markdown(report),
-                details_markdown(report, outcome),
+                details_markdown(report, outcome, share_link(request)),
                 baselines_frame(report),
                 figure,
                 str(path),
+                result_markdown(report),
                 self.history_table(),
             )
 
+    def fields_from_url(self, session: gr.Request = None) -> tuple[Any, ...]:
+        """The Evaluate fields from the page's query parameters (``URL_FIELDS``, as ``share_link`` writes
+        them), so a link reproduces a measurement; fields the link does not name are left as they are."""
+        given = dict(session.query_params) if session is not None else {}
+        values = []
+        for name in URL_FIELDS:
+            text = given.get(name, "")[:MAX_TEXT_LENGTH]
+            try:
+                numeric = name in MeasurementOptions.on(APP) and isinstance(_option_value(name, None), int)
+                values.append(gr.skip() if not text else _whole(text, name) if numeric else text)
+            except RequestError:  # a number that is not one: the field keeps its value
+                values.append(gr.skip())
+        return tuple(values)
+
     def evaluate_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
         """After a failed measurement: the message in the headline's place, every stale number cleared."""
-        return failure_markdown(self.failures.take(session)), "", _empty(BASELINE_COLUMNS), None, None
+        return failure_markdown(self.failures.take(session)), "", _empty(BASELINE_COLUMNS), None, None, ""
 
     def _write_report(self, report: EvaluationReport, outcome: Outcome) -> Path:
         digest = outcome.key.digest[:10] if outcome.key else "report"
@@ -625,7 +643,7 @@ class DLRApp:
                 *(fields[name] or "" for name in ("model", "revision", "dataset", "dataset_config", "split")),
                 *("" if value is None else value for value in options),
                 headline_markdown(stored.report), details_markdown(stored.report, outcome), baselines_frame(stored.report),
-                figure, str(path),
+                figure, str(path), result_markdown(stored.report),
             )
 
     def delete_rows(self, row_id: str) -> tuple[pd.DataFrame, str, str]:
@@ -754,7 +772,31 @@ def headline_markdown(report: EvaluationReport) -> str:
     )
 
 
-def details_markdown(report: EvaluationReport, outcome: Outcome) -> str:
+def share_link(request: Request) -> str:
+    """A relative link (``?model=…&dataset=…``) that opens the app with this request's fields filled in."""
+    values = {
+        "model": request.model, "revision": request.revision, "dataset": request.dataset,
+        "dataset_config": request.dataset_config, "split": request.split, "processor": request.processor,
+        **{name: getattr(request.options, name) for name in MeasurementOptions.on(APP)},
+    }
+    return "?" + urllib.parse.urlencode({name: value for name, value in values.items() if value not in (None, "")})
+
+
+def result_markdown(report: EvaluationReport) -> str:
+    """The result as a Markdown table to paste into an issue or a paper's notes."""
+    dataset = report.dataset
+    lines = [
+        f"**{report.model.get('id')}** on **{dataset.get('id')}** [{dataset.get('split')}], "
+        f"n = {report.result.num_samples}: {report.verdict.text}",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {row.measure} | {row.value} |" for row in baselines_frame(report).itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def details_markdown(report: EvaluationReport, outcome: Outcome, link: str | None = None) -> str:
     r = report.result
     model = report.model
     where = model.get("commit") and f"commit `{model['commit'][:10]}`" or (outcome.key.model_ref[:17] if outcome.key else "")
@@ -775,6 +817,8 @@ def details_markdown(report: EvaluationReport, outcome: Outcome) -> str:
         lines.append(f"\n*Answered from the history (measured {outcome.created} UTC).*")
     else:
         lines.append(f"\n*Measured in {outcome.seconds:.1f} s and stored in the history.*")
+    if link:
+        lines.append(f"[Link to this measurement]({link}) (opens the app with these fields filled in)")
     return "\n".join(lines)
 
 
@@ -857,6 +901,9 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                         plot = gr.Plot(label="Spectrum, utilisation U(k), quality Q(k), π_k", show_label=False, format="png",
                                        elem_id="dlr-plot")
                         report_file = gr.File(label="JSON report", interactive=False, elem_id="dlr-report")
+                        with gr.Accordion("Copy as Markdown", open=False):
+                            copy_markdown = gr.Code(language="markdown", label="Result as Markdown", buttons=["copy"],
+                                                    interactive=False, elem_id="dlr-markdown")
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
@@ -950,7 +997,7 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
 
         # each run: the result, or (.failure) its message in the result's place with nothing stale left
         heavy = [
-            (app.evaluate_ui, app.evaluate_failed, inputs, [headline, details, baselines, plot, report_file],
+            (app.evaluate_ui, app.evaluate_failed, inputs, [headline, details, baselines, plot, report_file, copy_markdown],
              run, demo_examples, "evaluate"),
             (app.compare_ui, app.compare_failed, c_inputs, [c_message, c_table, c_plot, c_file],
              compare, compare_examples, "compare"),
@@ -969,10 +1016,11 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
         history.select(app.history_selected, None, [selected, selection], api_visibility="private", queue=False)
         reopen.click(app.reopen, selected, [tabs, model, revision, dataset, dataset_config, split,
                                             *(settings[name] for name in options), headline, details, baselines, plot,
-                                            report_file], api_visibility="private")
+                                            report_file, copy_markdown], api_visibility="private")
         delete.click(app.delete_rows, selected, [history, selected, selection], api_visibility="private")
         download.click(app.history_downloads, None, history_files, api_name="history_download")
         demo.load(app.history_table, None, history, api_visibility="private")
+        demo.load(app.fields_from_url, None, inputs, api_visibility="private", queue=False)
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
     return demo
 

@@ -214,3 +214,12 @@ def test_no_serious_accessibility_violations(served, page):
     field = page.locator("#evaluate-model textarea, #evaluate-model input").first
     field.focus()
     assert field.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+
+
+def test_a_shared_link_fills_the_fields(served, page, demo_paths):
+    from playwright.sync_api import expect
+
+    _, _, url = served
+    page.goto(f"{url}?model={demo_paths['lazy']}&num_samples=20")
+    expect(page.locator("#evaluate-model textarea, #evaluate-model input").first).to_have_value(str(demo_paths["lazy"]))
+    expect(page.locator("#evaluate-num_samples input")).to_have_value("20")

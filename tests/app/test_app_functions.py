@@ -25,7 +25,7 @@ def shown_dlr(headline: str) -> float:
 
 
 def test_evaluate_shows_the_library_value(app, demo_paths):
-    headline, details, baselines, figure, report_path, history = app.evaluate_ui(
+    headline, details, baselines, figure, report_path, markdown, history = app.evaluate_ui(
         *example_args(demo_paths, "rich", n=48, reference=str(demo_paths["initial"]))
     )
     expected = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=48, seed=0,
@@ -34,6 +34,7 @@ def test_evaluate_shows_the_library_value(app, demo_paths):
     assert expected.verdict.basis == "change from initialisation" and expected.verdict.text in headline
     assert "rank r** = 10" in details and "**p** = 64" in details and "**C** = 10" in details
     assert "Measured in" in details
+    assert f"| D_LR | {expected.dlr:.4f} |" in markdown and expected.verdict.text in markdown
     assert list(baselines["measure"]) == ["D_LR", "accuracy", "NC1", "effective rank", "‖θ‖²", "S_init", "‖θ − θ0‖ / ‖θ0‖"]
     assert float(baselines.set_index("measure").loc["S_init", "value"]) == pytest.approx(expected.baselines["s_init"], abs=1e-4)
     assert len(figure.axes) == 4  # spectrum, U(k), Q(k), π_k
@@ -267,12 +268,12 @@ def test_a_history_row_reopens_in_the_evaluate_view(app, demo_paths):
     row = table[table["model"] == str(demo_paths["lazy"])].iloc[0]
     row_id, selection = app.history_selected(Selected(list(row)))
     assert row_id == row["id"] and "demo-v4/lazy" in selection.replace(demo_paths["lazy"].parent.name, "demo-v4")
-    tab, model, revision, dataset, config, split, n, batch, layer, seed, reference, headline, details, baselines, figure, path = (
-        app.reopen(row_id))
+    (tab, model, revision, dataset, config, split, n, batch, layer, seed, reference, headline, details, baselines, figure, path,
+     markdown) = app.reopen(row_id)
     assert tab.selected == "evaluate"
     assert (model, dataset, split, n, seed, reference) == (
         str(demo_paths["lazy"]), str(demo_paths["data"]), "test", 24, 3, str(demo_paths["initial"]))
-    assert headline == measured[0] and "Answered from the history" in details
+    assert headline == measured[0] and markdown == measured[5] and "Answered from the history" in details
     pd.testing.assert_frame_equal(baselines, measured[2])
     assert json.loads(Path(path).read_text())["dlr"] == pytest.approx(shown_dlr(measured[0]), abs=5e-5)
 
@@ -291,3 +292,28 @@ def test_history_rows_are_deleted_and_downloaded(app, demo_paths):
     assert list(table["id"]) == [documents[1]["id"]] and selected == "" and len(app.history) == 1
     with pytest.raises(gr.Error, match="select a row"):
         app.reopen(doomed)
+
+
+class Visit:
+    """The page request Gradio hands ``fields_from_url``."""
+
+    def __init__(self, query: dict[str, str]):
+        self.query_params = query
+
+
+def test_a_shared_link_fills_the_evaluate_fields(app, demo_paths):
+    from urllib.parse import parse_qsl
+
+    from dlr_hf.surfaces.app import URL_FIELDS
+
+    details = app.evaluate_ui(*example_args(demo_paths, "lazy", n=24, seed=7, reference=str(demo_paths["initial"])))[1]
+    link = re.search(r"\[Link to this measurement\]\((\?[^)]+)\)", details).group(1)
+    fields = app.fields_from_url(Visit(dict(parse_qsl(link[1:]))))
+    filled = dict(zip(URL_FIELDS, fields))
+    assert (filled["model"], filled["dataset"], filled["split"], filled["num_samples"], filled["seed"], filled["reference"]) == (
+        str(demo_paths["lazy"]), str(demo_paths["data"]), "test", 24, 7, str(demo_paths["initial"]))
+    # the same request again from the link's fields: answered from the history, the same number
+    again = app.evaluate_ui(*(None if isinstance(value, dict) else value for value in fields))
+    assert "Answered from the history" in again[1]
+    skipped = dict(zip(URL_FIELDS, app.fields_from_url(Visit({"seed": "many"}))))
+    assert all(isinstance(value, dict) for value in skipped.values())  # gr.skip(): fields keep their values

@@ -26,7 +26,7 @@ def test_api_lists_the_three_endpoints(client):
 
 
 def test_evaluate_through_the_client(client, demo_paths):
-    headline, details, baselines, plot, report, history = client.predict(
+    headline, details, baselines, plot, report, markdown, history = client.predict(
         *example_args(demo_paths, "lazy", n=40), api_name="/evaluate"
     )
     expected = evaluate(str(demo_paths["lazy"]), str(demo_paths["data"]), split="test", num_samples=40, progress=False)
