@@ -58,7 +58,7 @@ from dlr_hf.engine import (
 from dlr_hf.engine.loading import load_processor
 from dlr_hf.errors import DLRError
 from dlr_hf.surfaces.history import HISTORY_COLUMNS, HistoryStore, RequestKey, model_reference
-from dlr_hf.surfaces.plots import profile_figure, runs_figure, visualisation_figure
+from dlr_hf.surfaces.plots import profile_figure, profile_plotly, runs_figure, runs_plotly, visualisation_figure
 
 log = logging.getLogger(__name__)
 
@@ -554,17 +554,16 @@ class DLRApp:
                 x.append(row[4] if stepped else position)
                 dlr.append(row[2])
                 accuracy.append(row[3])
-            figure = runs_figure(runs, "training step" if stepped else "checkpoint",
-                                 None if stepped else [entry.label for entry in entries])
-            _release(figure)
-            # named by the requests' keys: asking the same comparison again rewrites the same file
+            axis = ("training step" if stepped else "checkpoint", None if stepped else [entry.label for entry in entries])
+            # named by the requests' keys: asking the same comparison again rewrites the same files
             keys = [outcome.key.digest if outcome.key else entry.label for entry, outcome in zip(entries, outcomes)]
-            digest = hashlib.sha256("".join(keys).encode()).hexdigest()[:10]
-            path = self.downloads / f"dlr-compare-{digest}.json"
+            path = self.downloads / f"dlr-compare-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}.json"
             write_atomic(path, json.dumps(reports, indent=2, allow_nan=True) + "\n")
+            png = _write_png(runs_figure(runs, *axis), path.with_suffix(".png"))
             summary = (f"**{len(entries)} checkpoints of {len(runs)} run{'s' if len(runs) != 1 else ''}** on "
-                       f"`{_short(str(dataset))}` · {sum(o.cached for o in outcomes)} answered from the history")
-            return summary, table, figure, str(path), self.history_table()
+                       f"`{_short(str(dataset))}` · {sum(o.cached for o in outcomes)} answered from the history · "
+                       "plot: D_LR (top) and accuracy (bottom) of each run, hover for values, drag to zoom")
+            return summary, table, runs_plotly(runs, *axis), [str(path), str(png)], self.history_table()
 
     def compare_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
         return failure_markdown(self.failures.take(session)), _empty(COMPARE_COLUMNS), None, None
@@ -582,9 +581,7 @@ class DLRApp:
                 num_samples=num_samples, batch_size=batch_size, seed=seed, reference=reference, layers=layers,
             )
             reports = [outcome.report for outcome in outcomes]
-            figure = profile_figure([report.layers for report in reports], [entry.label for entry in entries],
-                                    [report.dlr for report in reports])
-            _release(figure)
+            profile = ([report.layers for report in reports], [entry.label for entry in entries], [report.dlr for report in reports])
             table = pd.DataFrame(
                 [[entry.label, row["name"], round(row["dlr"], 4), round(row["s_init"], 4) if "s_init" in row else None,
                   row["depth"], row["feature_dim"], row["rank"], round(row["effective_rank"], 1)]
@@ -595,9 +592,10 @@ class DLRApp:
             path = self.downloads / f"dlr-layers-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}.json"
             documents = [{"checkpoint": entry.label, **report.to_dict()} for entry, report in zip(entries, reports)]
             write_atomic(path, json.dumps(documents, indent=2, allow_nan=True) + "\n")
+            png = _write_png(profile_figure(*profile), path.with_suffix(".png"))
             summary = (f"**{len(reports[0].layers)} layers of {len(entries)} model{'s' if len(entries) != 1 else ''}** "
                        f"({_text(layers, 'layers')}), each layer's features against the final logits · ★ = the final head")
-            return summary, figure, table, str(path), self.history_table()
+            return summary, profile_plotly(*profile), table, [str(path), str(png)], self.history_table()
 
     def layers_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
         return failure_markdown(self.failures.take(session)), None, _empty(PROFILE_COLUMNS), None
@@ -743,6 +741,13 @@ def _unique_names(keys: list[str]) -> dict[str, str]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "model"
+
+
+def _write_png(figure, path: Path) -> Path:
+    """The PNG export of an interactive plot: its matplotlib twin, written whole, then released."""
+    write_atomic(path, lambda stream: figure.savefig(stream, format="png", dpi=120))
+    _release(figure)
+    return path
 
 
 def _release(figure) -> None:
@@ -936,9 +941,8 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                         c_message = gr.Markdown(elem_id="compare-message")
                         c_table = gr.Dataframe(headers=COMPARE_COLUMNS, label="Checkpoints", interactive=False, wrap=False,
                                                max_chars=16, elem_id="compare-table")
-                        c_plot = gr.Plot(label="D_LR and accuracy of each run", show_label=False, format="png",
-                                         elem_id="compare-plot")
-                        c_file = gr.File(label="JSON reports", interactive=False)
+                        c_plot = gr.Plot(label="D_LR and accuracy of each run", show_label=False, elem_id="compare-plot")
+                        c_file = gr.File(label="JSON reports and the plot as PNG", file_count="multiple", interactive=False)
             with gr.Tab("Layers", id="layers"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
@@ -977,11 +981,10 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                             )
                     with gr.Column(scale=3, min_width=320):
                         l_message = gr.Markdown(elem_id="layers-message")
-                        l_plot = gr.Plot(label="D_LR and S_init against depth", show_label=False, format="png",
-                                         elem_id="layers-plot")
+                        l_plot = gr.Plot(label="D_LR and S_init against depth", show_label=False, elem_id="layers-plot")
                         l_table = gr.Dataframe(headers=PROFILE_COLUMNS, label="Profile", interactive=False, wrap=False,
                                                max_chars=16, elem_id="layers-table")
-                        l_file = gr.File(label="JSON reports", interactive=False)
+                        l_file = gr.File(label="JSON reports and the plot as PNG", file_count="multiple", interactive=False)
             with gr.Tab("History", id="history"):
                 gr.Markdown("Every measurement is kept on this server; a repeated request is answered from it at once.")
                 selected = gr.State("")
@@ -1048,7 +1051,8 @@ PLOT_DESCRIPTIONS = {
     "layers-plot": "D_LR (and S_init with a reference) against depth, one line per model, the final head as a star; "
                    "the numbers are in the table below",
 }
-"""The plots' alt text (Gradio writes "undefined plot visualising provided data" for matplotlib figures)."""
+"""The plots' text alternative: an image's alt (Gradio writes "undefined plot visualising provided data" for
+matplotlib figures), an interactive plot's accessible name."""
 
 ACCESSIBILITY_SCRIPT = """
 () => {
@@ -1058,6 +1062,10 @@ ACCESSIBILITY_SCRIPT = """
     document.querySelectorAll(".empty[aria-label]:not([role])").forEach((box) => box.setAttribute("role", "group"));
     for (const [id, text] of Object.entries(descriptions)) {
       document.querySelectorAll(`#${id} img`).forEach((img) => { if (img.alt !== text) img.alt = text; });
+      document.querySelectorAll(`#${id} .js-plotly-plot:not([aria-label])`).forEach((plot) => {
+        plot.setAttribute("role", "figure");
+        plot.setAttribute("aria-label", text);
+      });
     }
   };
   repair();

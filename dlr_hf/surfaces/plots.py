@@ -141,3 +141,75 @@ def runs_figure(runs: dict[str, tuple[Sequence[float], Sequence[float], Sequence
     for axis in (dlr_axis, accuracy_axis):
         axis.grid(alpha=0.3)
     return figure
+
+
+# --- interactive versions for the app (plotly: hover, zoom, legend toggles), beside the PNGs above ---
+def _interactive_layout(figure: Any, height: int) -> Any:
+    """No title (the app names each plot above it; a plotly title is clipped, not wrapped, on a 390 px phone),
+    room at the top for the zoom / PNG toolbar, the legend under the plot."""
+    figure.update_layout(
+        height=height, margin={"l": 56, "r": 12, "t": 36, "b": 16}, hovermode="closest", template="plotly_white",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0, "title": {"text": ""}},
+    )
+    return figure
+
+
+def runs_plotly(runs: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float | None]]],
+                xlabel: str = "training step", tick_labels: Sequence[str] | None = None) -> Any:
+    """``runs_figure`` as an interactive plotly figure: D_LR above, accuracy below, one coloured line per run."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for index, (name, (x, dlr, accuracy)) in enumerate(runs.items()):
+        colour = qualitative.Plotly[index % len(qualitative.Plotly)]
+        figure.add_trace(go.Scatter(x=list(x), y=list(dlr), name=name, legendgroup=name, mode="lines+markers",
+                                    line={"color": colour, "width": 3},
+                                    hovertemplate=f"{name}<br>{xlabel} %{{x}}<br>D_LR %{{y:.4f}}<extra></extra>"), row=1, col=1)
+        points = [(step, value) for step, value in zip(x, accuracy) if value is not None]
+        if points:
+            steps, values = zip(*points)
+            figure.add_trace(go.Scatter(x=list(steps), y=list(values), name=name, legendgroup=name, showlegend=False,
+                                        mode="lines+markers", marker={"symbol": "square"}, line={"color": colour},
+                                        hovertemplate=f"{name}<br>{xlabel} %{{x}}<br>accuracy %{{y:.4f}}<extra></extra>"),
+                             row=2, col=1)
+    figure.update_yaxes(title_text="D_LR (0 rich, 1 lazy)", range=[-0.02, 1.02], row=1, col=1)
+    figure.update_yaxes(title_text="accuracy", range=[-0.02, 1.02], row=2, col=1)
+    figure.update_xaxes(title_text=xlabel, row=2, col=1)
+    if tick_labels is not None:
+        figure.update_xaxes(tickvals=list(range(1, len(tick_labels) + 1)), ticktext=list(tick_labels), row=2, col=1)
+    return _interactive_layout(figure, 560)
+
+
+def profile_plotly(profiles: Sequence[Sequence[dict[str, Any]]], labels: Sequence[str],
+                   heads: Sequence[float | None] | None = None) -> Any:
+    """``profile_figure`` as an interactive plotly figure: D_LR (and S_init below, when measured) against depth."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    with_s_init = any("s_init" in row for rows in profiles for row in rows)
+    figure = make_subplots(rows=2 if with_s_init else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for index, (rows, label) in enumerate(zip(profiles, labels)):
+        colour = qualitative.Plotly[index % len(qualitative.Plotly)]
+        names = [row["name"] for row in rows]
+        figure.add_trace(go.Scatter(x=names, y=[row["dlr"] for row in rows], name=label, legendgroup=label,
+                                    mode="lines+markers", line={"color": colour, "width": 3},
+                                    hovertemplate=f"{label}<br>%{{x}}<br>D_LR %{{y:.4f}}<extra></extra>"), row=1, col=1)
+        head = heads[index] if heads else None
+        if head is not None and rows:
+            figure.add_trace(go.Scatter(x=["head"], y=[head], name=f"{label}: final head", legendgroup=label, showlegend=False,
+                                        mode="markers", marker={"symbol": "star", "size": 14, "color": colour},
+                                        hovertemplate=f"{label}<br>final head<br>D_LR %{{y:.4f}}<extra></extra>"), row=1, col=1)
+        points = [(row["name"], row["s_init"]) for row in rows if "s_init" in row]
+        if with_s_init and points:
+            x, y = zip(*points)
+            figure.add_trace(go.Scatter(x=list(x), y=list(y), name=label, legendgroup=label, showlegend=False,
+                                        mode="lines+markers", line={"color": colour},
+                                        hovertemplate=f"{label}<br>%{{x}}<br>S_init %{{y:.4f}}<extra></extra>"), row=2, col=1)
+    figure.update_yaxes(title_text="D_LR (0 rich, 1 lazy)", range=[-0.02, 1.02], row=1, col=1)
+    if with_s_init:
+        figure.update_yaxes(title_text="S_init (CKA to initial)", range=[-0.02, 1.02], row=2, col=1)
+    figure.update_xaxes(title_text="layer (★ = final head)", row=2 if with_s_init else 1, col=1)
+    return _interactive_layout(figure, 560 if with_s_init else 400)

@@ -119,7 +119,7 @@ def run_compare(page, url: str, runs: list[Path], data: Path) -> None:
     for name, value in (("num_samples", "24"), ("batch_size", "24")):
         page.locator(f"#compare-{name} input").fill(value)
     page.locator("#compare-button").click()
-    page.locator("#compare-plot img").wait_for(state="visible", timeout=240_000)
+    page.locator("#compare-plot .js-plotly-plot").wait_for(state="visible", timeout=240_000)
     page.locator("#compare-message").get_by_text("4 checkpoints of 2 runs").wait_for(timeout=30_000)
 
 
@@ -170,7 +170,7 @@ def test_layers_view_in_the_browser(served, page, demo_paths):
     for name, value in (("num_samples", "24"), ("batch_size", "24")):
         page.locator(f"#layers-{name} input").fill(value)
     page.locator("#layers-button").click()
-    page.locator("#layers-plot img").wait_for(state="visible", timeout=240_000)
+    page.locator("#layers-plot .js-plotly-plot").wait_for(state="visible", timeout=240_000)
     page.locator("#layers-message").get_by_text("layers of 2 models").wait_for(timeout=30_000)
     assert page.locator("#layers-table").get_by_text("block_01").count() == 2
 

@@ -99,12 +99,14 @@ def test_compare_expands_a_training_folder_in_step_order(app, demo_paths, traini
     rich = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=32, progress=False)
     assert table["D_LR"].iloc[-1] == pytest.approx(rich.dlr, abs=5e-5)
     assert table["accuracy"].iloc[-1] == pytest.approx(rich.baselines["accuracy"], abs=5e-5)
-    dlr_axis, accuracy_axis = figure.axes
-    assert accuracy_axis.get_xlabel() == "training step" and accuracy_axis.get_ylabel() == "accuracy"
-    assert [line.get_label() for line in dlr_axis.lines] == ["run"]
-    assert list(dlr_axis.lines[0].get_xdata()) == [5, 10, 20]
-    assert list(accuracy_axis.lines[0].get_ydata()) == list(table["accuracy"])
-    assert len(json.loads(Path(path).read_text())) == 3
+    assert figure.layout.xaxis2.title.text == "training step" and figure.layout.yaxis2.title.text == "accuracy"
+    dlr_line, accuracy_line = figure.data
+    assert (dlr_line.name, dlr_line.xaxis, accuracy_line.xaxis) == ("run", "x", "x2")
+    assert list(dlr_line.x) == [5, 10, 20] and list(dlr_line.y) == list(table["D_LR"])
+    assert list(accuracy_line.y) == list(table["accuracy"])
+    json_path, png_path = path
+    assert len(json.loads(Path(json_path).read_text())) == 3
+    assert Path(png_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the PNG export
     assert len(history) == 3
     # the same checkpoints again: every one answered from the history
     again = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)[1]
@@ -118,8 +120,8 @@ def test_compare_takes_a_list_of_checkpoints(app, demo_paths, training_run):
     lazy = f"{demo_paths['lazy'].parent.name}/lazy"
     assert list(table["checkpoint"]) == ["checkpoint-20", lazy]
     assert list(table["run"]) == ["run", "lazy"]  # a checkpoint-* folder is named by its run
-    assert figure.axes[1].get_xlabel() == "checkpoint"
-    assert [tick.get_text() for tick in figure.axes[1].get_xticklabels()] == ["checkpoint-20", lazy]
+    assert figure.layout.xaxis2.title.text == "checkpoint"
+    assert list(figure.layout.xaxis2.ticktext) == ["checkpoint-20", lazy]
     assert table["D_LR"].iloc[0] < table["D_LR"].iloc[1]  # rich below lazy
 
 
@@ -185,12 +187,12 @@ def test_two_runs_are_two_lines_named_by_run(app, demo_paths, tmp_path):
     summary, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 24, 24, 0)
     assert summary.startswith("**4 checkpoints of 2 runs**")
     runs = ["run-rich", "run-lazy"]
-    dlr_axis, accuracy_axis = figure.axes
-    assert [line.get_label() for line in dlr_axis.lines] == runs
-    assert [line.get_label() for line in accuracy_axis.lines] == runs
-    for line, run in zip(dlr_axis.lines, runs):
-        assert list(line.get_xdata()) == [0, 50]
-        assert list(line.get_ydata()) == list(table[table["run"] == run]["D_LR"])
+    dlr_lines = [trace for trace in figure.data if trace.yaxis == "y"]
+    accuracy_lines = [trace for trace in figure.data if trace.yaxis == "y2"]
+    assert [line.name for line in dlr_lines] == runs and [line.name for line in accuracy_lines] == runs
+    for line, run in zip(dlr_lines, runs):
+        assert list(line.x) == [0, 50]
+        assert list(line.y) == list(table[table["run"] == run]["D_LR"])
     rich_end, lazy_end = table[table["step"] == 50]["D_LR"]
     assert rich_end < lazy_end
 
@@ -207,10 +209,17 @@ def test_layers_view_overlays_the_profiles_of_rich_and_lazy(app, demo_paths):
         assert list(rows["D_LR"]) == pytest.approx([row["dlr"] for row in expected.layers], abs=5e-5)
         assert list(rows["S_init"]) == pytest.approx([row["s_init"] for row in expected.layers], abs=5e-5)
     assert summary.startswith(f"**{len(expected.layers)} layers of 2 models** (blocks)")
-    dlr_axis, s_init_axis = figure.axes
-    assert [line.get_label() for line in dlr_axis.lines if not line.get_label().startswith("_")] == list(table["model"].unique())
-    assert s_init_axis.get_ylabel().startswith("S_init")
-    assert [document["checkpoint"] for document in json.loads(Path(path).read_text())] == list(table["model"].unique())
+    models = list(table["model"].unique())
+    assert [trace.name for trace in figure.data if trace.showlegend is not False] == models
+    for model in models:
+        line = next(trace for trace in figure.data if trace.name == model)
+        assert list(line.y) == pytest.approx(list(table[table["model"] == model]["D_LR"]), abs=5e-5)
+        s_init = next(trace for trace in figure.data if trace.legendgroup == model and trace.yaxis == "y2")
+        assert list(s_init.y) == pytest.approx(list(table[table["model"] == model]["S_init"]), abs=5e-5)
+    assert figure.layout.yaxis2.title.text.startswith("S_init")
+    json_path, png_path = path
+    assert [document["checkpoint"] for document in json.loads(Path(json_path).read_text())] == models
+    assert Path(png_path).stat().st_size > 10_000
     assert len(history) == 2
 
 
@@ -251,7 +260,7 @@ def test_runs_sharing_a_folder_name_stay_apart(app, demo_paths, tmp_path):
     entries = f"{tmp_path / 'alice' / 'run'}\n{tmp_path / 'bob' / 'run'}"
     _, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 16, 16, 0)
     assert list(table["run"]) == ["alice/run", "bob/run"]
-    assert len(figure.axes[0].lines) == 2
+    assert [trace.name for trace in figure.data if trace.yaxis == "y"] == ["alice/run", "bob/run"]
 
 
 class Selected:

@@ -44,8 +44,10 @@ def test_compare_through_the_client(client, demo_paths):
     summary, table, plot, reports, history = client.predict(entries, str(demo_paths["data"]), "", "test", 24, 24, 0, api_name="/compare")
     assert summary.startswith("**3 checkpoints of 3 runs**")
     assert [row[1].split("/")[-1] for row in table["data"]] == ["initial", "lazy", "rich"]
-    assert plot["plot"].startswith("data:image/png;base64,")
-    assert [document["checkpoint"] for document in json.loads(Path(reports).read_text())] == [row[1] for row in table["data"]]
+    assert plot["type"] == "plotly" and [trace["name"] for trace in json.loads(plot["plot"])["data"]][::2] == ["initial", "lazy", "rich"]
+    json_path, png_path = reports
+    assert [document["checkpoint"] for document in json.loads(Path(json_path).read_text())] == [row[1] for row in table["data"]]
+    assert png_path.endswith(".png")
     assert client.predict(api_name="/history")["headers"][0] == "when (UTC)"
 
 
