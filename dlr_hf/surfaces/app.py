@@ -1056,7 +1056,7 @@ matplotlib figures), an interactive plot's accessible name."""
 
 ACCESSIBILITY_SCRIPT = """
 () => {
-  const descriptions = %s;
+  const descriptions = PLOT_DESCRIPTIONS;
   const repair = () => {
     // Gradio's empty-output placeholders carry an aria-label without a role (axe: aria-prohibited-attr)
     document.querySelectorAll(".empty[aria-label]:not([role])").forEach((box) => box.setAttribute("role", "group"));
@@ -1071,7 +1071,7 @@ ACCESSIBILITY_SCRIPT = """
   repair();
   new MutationObserver(repair).observe(document.body, { childList: true, subtree: true, attributeFilter: ["alt"] });
 }
-""" % json.dumps(PLOT_DESCRIPTIONS)
+""".replace("PLOT_DESCRIPTIONS", json.dumps(PLOT_DESCRIPTIONS))
 
 
 def theme() -> gr.themes.Base:

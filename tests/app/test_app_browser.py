@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from app_helpers import example_args
 
 from dlr_hf.engine import evaluate

@@ -11,9 +11,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
+from app_helpers import example_args, make_app
 
 from dlr_hf.engine import SCHEMA, evaluate
-from app_helpers import example_args, make_app
 
 HEADLINE = re.compile(r"D_LR = ([0-9.]+)")
 
@@ -277,8 +277,8 @@ def test_a_history_row_reopens_in_the_evaluate_view(app, demo_paths):
     row = table[table["model"] == str(demo_paths["lazy"])].iloc[0]
     row_id, selection = app.history_selected(Selected(list(row)))
     assert row_id == row["id"] and "demo-v4/lazy" in selection.replace(demo_paths["lazy"].parent.name, "demo-v4")
-    (tab, model, revision, dataset, config, split, n, batch, layer, seed, reference, headline, details, baselines, figure, path,
-     markdown) = app.reopen(row_id)
+    (tab, model, _revision, dataset, _config, split, n, _batch, _layer, seed, reference, headline, details, baselines, _figure,
+     path, markdown) = app.reopen(row_id)
     assert tab.selected == "evaluate"
     assert (model, dataset, split, n, seed, reference) == (
         str(demo_paths["lazy"]), str(demo_paths["data"]), "test", 24, 3, str(demo_paths["initial"]))

@@ -26,7 +26,7 @@ def test_api_lists_the_three_endpoints(client):
 
 
 def test_evaluate_through_the_client(client, demo_paths):
-    headline, details, baselines, plot, report, markdown, history = client.predict(
+    headline, _details, baselines, plot, report, _markdown, history = client.predict(
         *example_args(demo_paths, "lazy", n=40), api_name="/evaluate"
     )
     expected = evaluate(str(demo_paths["lazy"]), str(demo_paths["data"]), split="test", num_samples=40, progress=False)
@@ -41,7 +41,7 @@ def test_evaluate_through_the_client(client, demo_paths):
 
 def test_compare_through_the_client(client, demo_paths):
     entries = "\n".join(str(demo_paths[name]) for name in ("initial", "lazy", "rich"))
-    summary, table, plot, reports, history = client.predict(entries, str(demo_paths["data"]), "", "test", 24, 24, 0, api_name="/compare")
+    summary, table, plot, reports, _history = client.predict(entries, str(demo_paths["data"]), "", "test", 24, 24, 0, api_name="/compare")
     assert summary.startswith("**3 checkpoints of 3 runs**")
     assert [row[1].split("/")[-1] for row in table["data"]] == ["initial", "lazy", "rich"]
     assert plot["type"] == "plotly" and [trace["name"] for trace in json.loads(plot["plot"])["data"]][::2] == ["initial", "lazy", "rich"]
