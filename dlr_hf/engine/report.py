@@ -51,7 +51,7 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -195,6 +195,20 @@ class EvaluationReport:
         """Rich or lazy, calibrated by the value at initialisation when a reference was measured."""
         initial = (self.initial or {}).get("dlr")
         return verdict(self.result, initial, self.baselines.get("s_init"))
+
+    def relative_to(self, earlier: "EvaluationReport", checkpoint: str) -> "EvaluationReport":
+        """This report read against an earlier checkpoint of the same run, measured on the same examples
+        (same dataset, split, samples and seed): ``earlier``'s D_LR stands in for the value at initialisation,
+        so the verdict is on the change, at no extra forward pass. ``initial["checkpoint"]`` names it.
+        A report that already has a measured initial (a reference model) is returned unchanged."""
+        if self.initial is not None:
+            return self
+        first = earlier.result
+        initial = {
+            "dlr": first.dlr, "accuracy": first.accuracy, "rank": first.rank, "feature_rank": first.feature_rank,
+            "effective_rank": first.effective_rank, "degenerate": first.degenerate, "checkpoint": checkpoint,
+        }
+        return replace(self, initial=initial, warnings=list(self.warnings))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -46,6 +46,7 @@ import torch
 import dlr_hf
 from dlr_hf.engine import (
     APP,
+    MANY_SCHEMA,
     EvaluationReport,
     MeasurementOptions,
     ensure_demo,
@@ -57,15 +58,23 @@ from dlr_hf.engine import (
 )
 from dlr_hf.engine.loading import load_processor
 from dlr_hf.errors import DLRError
-from dlr_hf.surfaces.history import HISTORY_COLUMNS, HistoryStore, RequestKey, model_reference
-from dlr_hf.surfaces.plots import profile_figure, profile_plotly, runs_figure, runs_plotly, visualisation_figure
+from dlr_hf.surfaces.history import HISTORY_COLUMNS, HistoryStore, RequestKey, distinguishing_columns, model_reference
+from dlr_hf.surfaces.plots import (
+    profile_figure,
+    profile_plotly,
+    runs_figure,
+    runs_plotly,
+    visualisation_figure,
+    visualisation_plotly,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 BASELINE_COLUMNS = ["measure", "value", "meaning"]
-COMPARE_COLUMNS = ["run", "checkpoint", "D_LR", "accuracy", "step", "rank r", "p", "C", "from history"]
-"""The numbers right after the names, so that run, checkpoint, D_LR and accuracy fit a phone's width."""
+COMPARE_COLUMNS = ["run", "checkpoint", "D_LR", "accuracy", "change", "verdict", "step", "rank r", "p", "C", "from history"]
+"""The numbers right after the names, so that run, checkpoint, D_LR and accuracy fit a phone's width; then the change
+from the run's initial (its reference, or its first checkpoint) and the verdict label."""
 PROFILE_COLUMNS = ["model", "layer", "D_LR", "S_init", "depth", "p", "rank r", "effective rank"]
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "tokenizer.json")
 """Files whose presence means a checkpoint folder carries its own tokenizer / image processor."""
@@ -421,11 +430,15 @@ class DLRApp:
     @staticmethod
     def _key(request: Request, model_ref: str, source: dict[str, Any], reference_ref: str | None) -> RequestKey:
         fingerprint = source.get("fingerprint") or f"{source.get('id')}|{source.get('config')}|{source.get('num_rows')}"
+        # the seed only draws the sample: with every row measured it changes nothing, so it is not part of the key
+        samples = request.options.num_samples
+        subsampled = samples is not None and samples < source.get("num_rows", math.inf)
+        settings = tuple((name, None if name == "seed" and not subsampled else value) for name, value in request.options.keyed())
         return RequestKey(
             model_ref=model_ref,
             dataset_fingerprint=str(fingerprint),
             split=source.get("split"),
-            settings=request.options.keyed(),
+            settings=settings,
             reference_ref=reference_ref,
             version=dlr_hf.__version__,
         )
@@ -440,17 +453,16 @@ class DLRApp:
                                     layer, seed, reference, processor=processor)
             outcome = self.measure(request, progress)
             report = outcome.report
-            figure = visualisation_figure([report.result], [_short(request.model)])
-            _release(figure)
-            path = self._write_report(report, outcome)
+            digest = outcome.key.digest[:10] if outcome.key else "report"
+            figure, files = self._result_files(report, _short(request.model), digest)
             return (
                 headline_markdown(report),
                 details_markdown(report, outcome, share_link(request)),
                 baselines_frame(report),
                 figure,
-                str(path),
+                files,
                 result_markdown(report),
-                self.history_table(),
+                self.history_view(),
             )
 
     def fields_from_url(self, session: gr.Request = None) -> tuple[Any, ...]:
@@ -467,15 +479,28 @@ class DLRApp:
                 values.append(gr.skip())
         return tuple(values)
 
+    def evaluate_linked(self, model, revision, dataset, dataset_config, split, num_samples, batch_size,
+                        layer, seed, reference, processor=None, session: gr.Request = None,
+                        progress=gr.Progress(track_tqdm=True)):
+        """On page load: a link naming a model and a dataset (``share_link``) runs its measurement (answered
+        from the history when it was measured before); any other page load leaves the result area as it is."""
+        given = dict(session.query_params) if session is not None else {}
+        if not (given.get("model") and given.get("dataset")):
+            return tuple(gr.skip() for _ in range(7))
+        return self.evaluate_ui(model, revision, dataset, dataset_config, split, num_samples, batch_size, layer, seed,
+                                reference, processor, session=session, progress=progress)
+
     def evaluate_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
         """After a failed measurement: the message in the headline's place, every stale number cleared."""
         return failure_markdown(self.failures.take(session)), "", _empty(BASELINE_COLUMNS), None, None, ""
 
-    def _write_report(self, report: EvaluationReport, outcome: Outcome) -> Path:
-        digest = outcome.key.digest[:10] if outcome.key else "report"
+    def _result_files(self, report: EvaluationReport, label: str, digest: str) -> tuple[Any, list[str]]:
+        """The interactive visualisation of one result, and its downloads: the JSON report and the plot as PNG."""
         path = self.downloads / f"dlr-report-{_slug(_short(report.model.get('id') or 'model'))}-{digest}.json"
         write_atomic(path, report.to_json() + "\n")
-        return path
+        title = f"{label} on {_short(str(report.dataset.get('id')))} [{report.dataset.get('split')}] · {report.site}"
+        png = _write_png(visualisation_figure([report.result], [label], title=title), path.with_suffix(".png"))
+        return visualisation_plotly([report.result], [label]), [str(path), str(png)]
 
     # -- Compare tab ---------------------------------------------------------------------------
     def expand_checkpoints(self, text: Any) -> list[Checkpoint]:
@@ -525,24 +550,34 @@ class DLRApp:
                 raise DLRError(f"{entry.label}: {error}") from error
         return outcomes
 
-    def compare_ui(self, checkpoints, dataset, dataset_config, split, num_samples, batch_size, seed,
+    def compare_ui(self, checkpoints, dataset, dataset_config, split, num_samples, batch_size, seed, reference=None,
                    session: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
-        """D_LR and accuracy of several checkpoints on one dataset: summary, table, one line per run, JSON, history."""
+        """D_LR and accuracy of several checkpoints on one dataset: summary with each run's verdict, table,
+        one line per run, the spectra overlaid, JSON, history.
+
+        The verdicts are calibrated: against ``reference`` (the initial checkpoint, measured beside each one,
+        with S_init) when given, else against each run's first checkpoint (its D_LR on the same examples,
+        no extra forward); a lone checkpoint without a reference is read on the absolute scale."""
         with readable_errors(self.failures, session):
             entries = self.expand_checkpoints(checkpoints)
             outcomes = self._measure_each(
                 entries, progress, dataset=dataset, dataset_config=dataset_config, split=split,
-                num_samples=num_samples, batch_size=batch_size, seed=seed,
+                num_samples=num_samples, batch_size=batch_size, seed=seed, reference=reference,
             )
-            rows, reports = [], []
             run_names = _unique_names([entry.run for entry in entries])
+            firsts: dict[str, tuple[Checkpoint, EvaluationReport]] = {}
+            rows, documents, readings = [], [], {}
             for entry, outcome in zip(entries, outcomes):
-                result = outcome.report.result
-                run = run_names[entry.run]
-                reports.append({"run": run, "checkpoint": entry.label, "step": entry.step, **outcome.report.to_dict()})
+                first_entry, first = firsts.setdefault(entry.run, (entry, outcome.report))
+                report = outcome.report if first_entry is entry else outcome.report.relative_to(first, first_entry.label)
+                verdict, result, run = report.verdict, report.result, run_names[entry.run]
+                readings[run] = (entry.label, verdict)
+                documents.append({"run": run, "checkpoint": entry.label, "step": entry.step, **report.to_dict()})
                 rows.append([
                     run, entry.label, round(result.dlr, 4),
                     None if result.accuracy is None else round(result.accuracy, 4),
+                    None if verdict.change is None else round(verdict.change, 4),
+                    verdict.label if verdict.dlr_initial is not None else f"{verdict.label} (absolute)",
                     "" if entry.step is None else entry.step,
                     result.rank, result.feature_dim, result.num_outputs, "yes" if outcome.cached else "no",
                 ])
@@ -551,22 +586,33 @@ class DLRApp:
             runs: dict[str, tuple[list, list, list]] = {}
             for position, row in enumerate(rows, start=1):
                 x, dlr, accuracy = runs.setdefault(row[0], ([], [], []))
-                x.append(row[4] if stepped else position)
+                x.append(row[6] if stepped else position)
                 dlr.append(row[2])
                 accuracy.append(row[3])
             axis = ("training step" if stepped else "checkpoint", None if stepped else [entry.label for entry in entries])
             # named by the requests' keys: asking the same comparison again rewrites the same files
             keys = [outcome.key.digest if outcome.key else entry.label for entry, outcome in zip(entries, outcomes)]
             path = self.downloads / f"dlr-compare-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}.json"
-            write_atomic(path, json.dumps(reports, indent=2, allow_nan=True) + "\n")
+            write_atomic(path, json.dumps({"schema": MANY_SCHEMA, "reports": documents}, indent=2, allow_nan=True) + "\n")
             png = _write_png(runs_figure(runs, *axis), path.with_suffix(".png"))
-            summary = (f"**{len(entries)} checkpoints of {len(runs)} run{'s' if len(runs) != 1 else ''}** on "
-                       f"`{_short(str(dataset))}` · {sum(o.cached for o in outcomes)} answered from the history · "
-                       "plot: D_LR (top) and accuracy (bottom) of each run, hover for values, drag to zoom")
-            return summary, table, runs_plotly(runs, *axis), [str(path), str(png)], self.history_table()
+            labels = [f"{run_names[entry.run]}/{entry.label}" if entry.label != run_names[entry.run] else entry.label
+                      for entry in entries]
+            spectra = visualisation_plotly([outcome.report.result for outcome in outcomes], labels)
+            basis = ("against the reference (initial checkpoint)" if _text(reference, "reference") else
+                     "against each run's first checkpoint (no reference given)")
+            summary = "\n".join([
+                f"**{len(entries)} checkpoints of {len(runs)} run{'s' if len(runs) != 1 else ''}** on "
+                f"`{_short(str(dataset))}` · {sum(o.cached for o in outcomes)} answered from the history · verdicts {basis}",
+                "",
+                *(f"- **{run}** (last: {label}): {verdict.text}" for run, (label, verdict) in readings.items()),
+                "",
+                "Plots: D_LR (top) and accuracy (bottom) of each run; below, every checkpoint's spectrum, U(k), Q(k) "
+                "and π_k overlaid. Hover for values, drag to zoom, click a legend entry to hide a line.",
+            ])
+            return summary, table, runs_plotly(runs, *axis), spectra, [str(path), str(png)], self.history_view()
 
     def compare_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
-        return failure_markdown(self.failures.take(session)), _empty(COMPARE_COLUMNS), None, None
+        return failure_markdown(self.failures.take(session)), _empty(COMPARE_COLUMNS), None, None, None
 
     # -- Layers tab ----------------------------------------------------------------------------
     def layers_ui(self, checkpoints, dataset, dataset_config, split, layers, num_samples, batch_size, seed,
@@ -591,11 +637,11 @@ class DLRApp:
             keys = [outcome.key.digest if outcome.key else entry.label for entry, outcome in zip(entries, outcomes)]
             path = self.downloads / f"dlr-layers-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}.json"
             documents = [{"checkpoint": entry.label, **report.to_dict()} for entry, report in zip(entries, reports)]
-            write_atomic(path, json.dumps(documents, indent=2, allow_nan=True) + "\n")
+            write_atomic(path, json.dumps({"schema": MANY_SCHEMA, "reports": documents}, indent=2, allow_nan=True) + "\n")
             png = _write_png(profile_figure(*profile), path.with_suffix(".png"))
             summary = (f"**{len(reports[0].layers)} layers of {len(entries)} model{'s' if len(entries) != 1 else ''}** "
                        f"({_text(layers, 'layers')}), each layer's features against the final logits · ★ = the final head")
-            return summary, profile_plotly(*profile), table, [str(path), str(png)], self.history_table()
+            return summary, profile_plotly(*profile), table, [str(path), str(png)], self.history_view()
 
     def layers_failed(self, session: gr.Request = None) -> tuple[Any, ...]:
         return failure_markdown(self.failures.take(session)), None, _empty(PROFILE_COLUMNS), None
@@ -611,16 +657,25 @@ class DLRApp:
 
     # -- History tab -----------------------------------------------------------------------------
     def history_table(self) -> pd.DataFrame:
-        """Past evaluations, newest first."""
+        """Past evaluations, newest first, every column (the API's and the CSV download's table)."""
         return pd.DataFrame(self.history.rows(), columns=HISTORY_COLUMNS)
 
+    def history_view(self) -> pd.DataFrame:
+        """The History tab's table: ``history_table`` with only the columns that tell its rows apart
+        (a seed only where it drew the sample, a reference or layers only once one differs)."""
+        table = self.history_table()
+        return table[distinguishing_columns(table.values.tolist())]
+
     def history_selected(self, event: gr.SelectData) -> tuple[str, str]:
-        """The clicked row's ``id``, and a line saying which measurement the buttons act on."""
-        row = dict(zip(HISTORY_COLUMNS, event.row_value or []))
-        if not row.get("id"):
+        """The clicked row's ``id`` (the table's last column, whatever else it shows), and a line saying
+        which measurement the buttons act on."""
+        row_id = str((event.row_value or [""])[-1] or "")
+        found = self.history.find(row_id) if row_id else None
+        if found is None:
             return "", NOTHING_SELECTED
-        return row["id"], (f"Selected: `{_short(str(row['model']))}` on `{_short(str(row['dataset']))}`, "
-                           f"D_LR {row['D_LR']} ({row['when (UTC)']} UTC, id `{row['id']}`)")
+        fields, stored = found
+        return row_id, (f"Selected: `{_short(str(fields['model']))}` on `{_short(str(fields['dataset']))}`, "
+                        f"D_LR {_fmt(stored.report.dlr)} ({stored.created} UTC, id `{row_id}`)")
 
     def reopen(self, row_id: str) -> tuple[Any, ...]:
         """A stored result in the Evaluate view, its request in the Evaluate fields: the selected tab,
@@ -631,17 +686,15 @@ class DLRApp:
                 raise RequestError("select a row of the history first (it may have been deleted)")
             fields, stored = found
             outcome = Outcome(stored.report, True, stored.created)
-            figure = visualisation_figure([stored.report.result], [_short(fields["model"])])
-            _release(figure)
-            path = self.downloads / f"dlr-report-{_slug(_short(fields['model']))}-{row_id}.json"
-            write_atomic(path, stored.report.to_json() + "\n")
-            options = [fields.get(name) if name in fields else getattr(_DEFAULTS, name) for name in MeasurementOptions.on(APP)]
+            figure, files = self._result_files(stored.report, _short(fields["model"]), row_id)
+            # a value the store leaves empty (a seed that drew nothing) is the option's default
+            options = [getattr(_DEFAULTS, name) if fields.get(name) is None else fields[name] for name in MeasurementOptions.on(APP)]
             return (
                 gr.Tabs(selected="evaluate"),
                 *(fields[name] or "" for name in ("model", "revision", "dataset", "dataset_config", "split")),
                 *("" if value is None else value for value in options),
                 headline_markdown(stored.report), details_markdown(stored.report, outcome), baselines_frame(stored.report),
-                figure, str(path), result_markdown(stored.report),
+                figure, files, result_markdown(stored.report),
             )
 
     def delete_rows(self, row_id: str) -> tuple[pd.DataFrame, str, str]:
@@ -649,7 +702,7 @@ class DLRApp:
         with readable_errors():
             if not row_id or not self.history.delete([row_id]):
                 raise RequestError("select a row of the history first (it may have been deleted)")
-            return self.history_table(), "", NOTHING_SELECTED
+            return self.history_view(), "", NOTHING_SELECTED
 
     def history_downloads(self) -> list[str]:
         """The whole history as CSV (the table's columns) and JSON (every request and full report)."""
@@ -823,7 +876,7 @@ def details_markdown(report: EvaluationReport, outcome: Outcome, link: str | Non
     else:
         lines.append(f"\n*Measured in {outcome.seconds:.1f} s and stored in the history.*")
     if link:
-        lines.append(f"[Link to this measurement]({link}) (opens the app with these fields filled in)")
+        lines.append(f"[Link to this measurement]({link}) (opens the app with these fields filled in and shows this result)")
     return "\n".join(lines)
 
 
@@ -903,9 +956,9 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                         details = gr.Markdown(elem_id="dlr-details")
                         baselines = gr.Dataframe(headers=BASELINE_COLUMNS, label="D_LR and the baselines", interactive=False, wrap=True,
                                                  column_widths=["22%", "16%", "62%"], elem_id="dlr-baselines")
-                        plot = gr.Plot(label="Spectrum, utilisation U(k), quality Q(k), π_k", show_label=False, format="png",
-                                       elem_id="dlr-plot")
-                        report_file = gr.File(label="JSON report", interactive=False, elem_id="dlr-report")
+                        plot = gr.Plot(label="Spectrum, utilisation U(k), quality Q(k), π_k", show_label=False, elem_id="dlr-plot")
+                        report_file = gr.File(label="JSON report and the plot as PNG", file_count="multiple", interactive=False,
+                                              elem_id="dlr-report")
                         with gr.Accordion("Copy as Markdown", open=False):
                             copy_markdown = gr.Code(language="markdown", label="Result as Markdown", buttons=["copy"],
                                                     interactive=False, elem_id="dlr-markdown")
@@ -927,12 +980,18 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                                 _option_input(name, example.get(name), elem_id=f"compare-{name}")
                                 for name in ("num_samples", "batch_size", "seed")
                             )
+                        c_reference = _option_input(
+                            "reference", elem_id="compare-reference",
+                            info="the initial checkpoint: every verdict is then on the change from it (with S_init); "
+                                 "empty: each run's first checkpoint is its initial",
+                        )
                         compare = gr.Button("Compare", variant="primary", elem_id="compare-button")
-                        c_inputs = [checkpoints, c_dataset, c_config, c_split, c_samples, c_batch, c_seed]
+                        c_inputs = [checkpoints, c_dataset, c_config, c_split, c_samples, c_batch, c_seed, c_reference]
                         compare_examples = None
                         if examples:
                             compare_examples = gr.Examples(
-                                [["\n".join(paths[name] for name in ("initial", "lazy", "rich")), paths["data"], "", "test", 360, 32, 0]],
+                                [["\n".join(paths[name] for name in ("initial", "lazy", "rich")), paths["data"], "", "test", 360, 32, 0,
+                                  paths["initial"]]],
                                 c_inputs, label="Built-in demo: initial, lazy and rich checkpoints",
                                 example_labels=["demo: initial → lazy → rich"],
                                 cache_examples=False, api_name="load_compare_example", api_visibility="private",
@@ -942,6 +1001,7 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                         c_table = gr.Dataframe(headers=COMPARE_COLUMNS, label="Checkpoints", interactive=False, wrap=False,
                                                max_chars=16, elem_id="compare-table")
                         c_plot = gr.Plot(label="D_LR and accuracy of each run", show_label=False, elem_id="compare-plot")
+                        c_spectra = gr.Plot(label="Spectra of every checkpoint", show_label=False, elem_id="compare-spectra")
                         c_file = gr.File(label="JSON reports and the plot as PNG", file_count="multiple", interactive=False)
             with gr.Tab("Layers", id="layers"):
                 with gr.Row():
@@ -1002,7 +1062,7 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
         heavy = [
             (app.evaluate_ui, app.evaluate_failed, inputs, [headline, details, baselines, plot, report_file, copy_markdown],
              run, demo_examples, "evaluate"),
-            (app.compare_ui, app.compare_failed, c_inputs, [c_message, c_table, c_plot, c_file],
+            (app.compare_ui, app.compare_failed, c_inputs, [c_message, c_table, c_plot, c_spectra, c_file],
              compare, compare_examples, "compare"),
             (app.layers_ui, app.layers_failed, l_inputs, [l_message, l_plot, l_table, l_file],
              profile, layers_examples, "layers"),
@@ -1015,15 +1075,18 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
             for event in events:
                 event.failure(failed, None, results, api_visibility="private", queue=False)
         l_list.click(app.layer_choices, l_checkpoints, l_layers, api_name="layer_choices", **slot)
-        refresh.click(app.history_table, None, history, api_name="history")
+        refresh.click(app.history_view, None, history, api_name="history")
         history.select(app.history_selected, None, [selected, selection], api_visibility="private", queue=False)
         reopen.click(app.reopen, selected, [tabs, model, revision, dataset, dataset_config, split,
                                             *(settings[name] for name in options), headline, details, baselines, plot,
                                             report_file, copy_markdown], api_visibility="private")
         delete.click(app.delete_rows, selected, [history, selected, selection], api_visibility="private")
         download.click(app.history_downloads, None, history_files, api_name="history_download")
-        demo.load(app.history_table, None, history, api_visibility="private")
-        demo.load(app.fields_from_url, None, inputs, api_visibility="private", queue=False)
+        demo.load(app.history_view, None, history, api_visibility="private")
+        evaluate_results = [headline, details, baselines, plot, report_file, copy_markdown]
+        linked = demo.load(app.fields_from_url, None, inputs, api_visibility="private", queue=False).then(
+            app.evaluate_linked, inputs, [*evaluate_results, history], api_visibility="private", **slot)
+        linked.failure(app.evaluate_failed, None, evaluate_results, api_visibility="private", queue=False)
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
     return demo
 
@@ -1048,6 +1111,8 @@ PLOT_DESCRIPTIONS = {
                 "the cumulative quality Q(k) and pi_k against the eigen-direction k; the numbers are in the table above",
     "compare-plot": "D_LR (top) and accuracy (bottom) of each run's checkpoints, one line per run; "
                     "the numbers are in the table above",
+    "compare-spectra": "Every compared checkpoint's eigenvalue spectrum, cumulative utilisation U(k), cumulative "
+                       "quality Q(k) and pi_k against the eigen-direction k, one colour per checkpoint",
     "layers-plot": "D_LR (and S_init with a reference) against depth, one line per model, the final head as a star; "
                    "the numbers are in the table below",
 }

@@ -61,9 +61,11 @@ CREATE TABLE IF NOT EXISTS evaluations (
 """
 
 HISTORY_COLUMNS = [
-    "when (UTC)", "model", "model ref", "dataset", "split", "n", "seed", "layer", "reference", "D_LR", "accuracy",
+    "when (UTC)", "model", "model ref", "dataset", "split", "n", "seed", "layer", "layers", "reference", "D_LR", "accuracy",
     "version", "id",
 ]
+ALWAYS_SHOWN = ("when (UTC)", "model", "dataset", "n", "D_LR", "accuracy", "id")
+"""Columns every row shows; the others only when they tell two rows apart (``distinguishing_columns``)."""
 ID_LENGTH = 12
 """Characters of the key shown as a row's ``id`` (enough to tell a few thousand results apart)."""
 REQUEST_FIELDS = ("model", "revision", "dataset", "dataset_config", "split", "num_samples", "seed", "layer", "reference")
@@ -215,15 +217,17 @@ class HistoryStore:
         """The latest evaluations, newest first, as rows under ``HISTORY_COLUMNS``."""
         with closing(self._connect()) as connection:
             rows = connection.execute(
-                "SELECT created, model, model_ref, dataset, split, num_samples, seed, layer, reference, dlr, accuracy, "
+                "SELECT created, model, model_ref, dataset, split, num_samples, seed, layer, "
+                "json_extract(report, '$.settings.layers'), reference, dlr, accuracy, "
                 "version, key FROM evaluations ORDER BY created DESC, rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         out = []
-        for created, model, ref, dataset, split, n, seed, layer, reference, dlr, accuracy, version, key in rows:
+        for created, model, ref, dataset, split, n, seed, layer, layers, reference, dlr, accuracy, version, key in rows:
             short_ref = ref[:17] if ref.startswith("sha256:") else ref.rsplit("@", 1)[-1][:10]
             out.append([
-                created, model, short_ref, dataset, split or "", n, seed, layer or "", reference or "",
+                created, model, short_ref, dataset, split or "", n, "" if seed is None else seed, layer or "", layers or "",
+                reference or "",
                 None if dlr is None else round(dlr, 4), None if accuracy is None else round(accuracy, 4), version,
                 key[:ID_LENGTH],
             ])
@@ -264,3 +268,12 @@ class HistoryStore:
     def __len__(self) -> int:
         with closing(self._connect()) as connection:
             return connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+
+
+def distinguishing_columns(rows: list[list[Any]]) -> list[str]:
+    """``ALWAYS_SHOWN`` and the other ``HISTORY_COLUMNS`` whose value differs between two of ``rows``, in table order:
+    the columns that tell the rows apart, without a wall of identical versions and empty layers."""
+    return [
+        name for index, name in enumerate(HISTORY_COLUMNS)
+        if name in ALWAYS_SHOWN or len({str(row[index]) for row in rows}) > 1
+    ]

@@ -213,3 +213,46 @@ def profile_plotly(profiles: Sequence[Sequence[dict[str, Any]]], labels: Sequenc
         figure.update_yaxes(title_text="S_init (CKA to initial)", range=[-0.02, 1.02], row=2, col=1)
     figure.update_xaxes(title_text="layer (★ = final head)", row=2 if with_s_init else 1, col=1)
     return _interactive_layout(figure, 560 if with_s_init else 400)
+
+
+def visualisation_plotly(results: Sequence[DLRResult], labels: Sequence[str]) -> Any:
+    """``visualisation_figure`` as an interactive plotly figure, one colour per model overlaid in every panel:
+    the spectrum, U(k), Q(k) and π_k stacked (one column, so each panel keeps a phone's full width), a shared
+    log k axis, and a dotted line at k = C."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    panels = (("ρ_k / ρ_1 (log)", "spectrum"), ("U(k)", "utilisation"), ("Q(k)", "quality"), ("π_k", "pi"))
+    figure = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.035)
+    for index, (result, label) in enumerate(zip(results, labels)):
+        colour = qualitative.Plotly[index % len(qualitative.Plotly)]
+        k = list(range(1, len(result.spectrum) + 1))
+        rho = np.asarray(result.spectrum, dtype=float)
+        series = {
+            "spectrum": np.clip(rho / rho[0], 1e-16, None).tolist() if len(rho) else [],
+            "utilisation": result.utilisation, "quality": result.quality, "pi": result.pi,
+        }
+        name = f"{label} (D_LR {result.dlr:.3f})"
+        for row, (axis_title, key) in enumerate(panels, start=1):
+            values = series[key]
+            if values is None:
+                continue
+            figure.add_trace(go.Scatter(
+                x=k, y=list(values), name=name, legendgroup=name, showlegend=row == 1,
+                mode="markers" if key == "pi" else "lines", line={"color": colour, "width": 2}, marker={"color": colour, "size": 5},
+                hovertemplate=f"{label}<br>k = %{{x}}<br>{axis_title.split(' ')[0]} = %{{y:.4g}}<extra></extra>",
+            ), row=row, col=1)
+    num_outputs = results[0].num_outputs if results else None
+    for row, (axis_title, key) in enumerate(panels, start=1):
+        figure.update_yaxes(title_text=axis_title, row=row, col=1,
+                            **({"type": "log", "exponentformat": "power"} if key == "spectrum" else {"range": [-0.02, 1.02]}))
+        if num_outputs and results and num_outputs < len(results[0].spectrum):
+            figure.add_vline(x=num_outputs, line={"color": "grey", "dash": "dot", "width": 1}, row=row, col=1)
+    if not any(result.quality is not None for result in results):
+        figure.add_annotation(text="Q(k): no labels", showarrow=False, xref="x3 domain", yref="y3 domain", x=0.5, y=0.5,
+                              font={"color": "#555"})
+    figure.update_xaxes(type="log")
+    figure.update_xaxes(row=len(panels), col=1,
+                        title_text=f"eigen-direction k (dotted: k = C = {num_outputs})" if num_outputs else "eigen-direction k")
+    return _interactive_layout(figure, 860)

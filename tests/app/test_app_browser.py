@@ -69,7 +69,7 @@ def test_demo_example_then_an_error_leaves_no_stale_numbers(served, page, demo_p
     example = page.get_by_text("rich ViT on digits (full back-propagation)")
     example.wait_for(state="visible", timeout=60_000)
     example.click()
-    page.locator("#dlr-plot img").wait_for(state="visible", timeout=180_000)
+    page.locator("#dlr-plot .js-plotly-plot").wait_for(state="visible", timeout=180_000)
     headline = page.locator("#dlr-headline")
     headline.get_by_text(re.compile(r"D_LR = \d")).wait_for(timeout=30_000)
     shown = float(re.search(r"D_LR = ([0-9.]+)", headline.inner_text()).group(1))
@@ -95,7 +95,7 @@ def test_demo_example_then_an_error_leaves_no_stale_numbers(served, page, demo_p
     assert "could not load the Hub model 'nobody-here/no-such-model-dlr'" in text
     assert "D_LR =" not in text and f"{shown:.4f}" not in page.locator("body").inner_text()
     assert page.locator("#dlr-details").inner_text().strip() == ""
-    assert page.locator("#dlr-plot img").count() == 0
+    assert page.locator("#dlr-plot .js-plotly-plot").count() == 0
     assert page.locator("#dlr-report").get_by_text(re.compile(r"dlr-report-")).count() == 0
     assert not page.locator("#dlr-baselines").get_by_text(re.compile(r"^0\.\d{4}$")).count()
 
@@ -119,6 +119,7 @@ def run_compare(page, url: str, runs: list[Path], data: Path) -> None:
         page.locator(f"#compare-{name} input").fill(value)
     page.locator("#compare-button").click()
     page.locator("#compare-plot .js-plotly-plot").wait_for(state="visible", timeout=240_000)
+    page.locator("#compare-spectra .js-plotly-plot").wait_for(state="visible", timeout=30_000)
     page.locator("#compare-message").get_by_text("4 checkpoints of 2 runs").wait_for(timeout=30_000)
 
 
@@ -140,6 +141,11 @@ def test_compare_overlays_two_runs(served, page, two_runs, tmp_path, demo_paths)
     _, _, url = served
     run_compare(page, url, two_runs, demo_paths["data"])
     assert_runs_readable(page, two_runs, 1400)
+    # each run read against its first checkpoint: the verdicts are in the table and the summary
+    table = page.locator("#compare-table").inner_text()
+    assert "rich" in table and "lazy" in table
+    message = page.locator("#compare-message").inner_text()
+    assert "run-rich" in message and "rich: D_LR fell from" in message
     keep_screenshot(page, tmp_path, "compare.png")
 
 
@@ -185,7 +191,7 @@ def test_a_history_row_reopens_in_the_evaluate_view(served, page, demo_paths):
     page.locator("#history-open").click()
     headline = page.locator("#dlr-headline")
     headline.get_by_text(f"D_LR = {row['D_LR']:.4f}").wait_for(timeout=60_000)
-    page.locator("#dlr-plot img").wait_for(state="visible")
+    page.locator("#dlr-plot .js-plotly-plot").wait_for(state="visible")
     assert page.locator("#evaluate-model textarea, #evaluate-model input").first.input_value() == str(demo_paths["lazy"])
     assert page.locator("#evaluate-num_samples input").input_value() == "20"
 
@@ -196,10 +202,10 @@ def test_no_serious_accessibility_violations(served, page):
     _, _, url = served
     page.goto(url)
     page.get_by_text("lazy ViT on digits (last layer only)").click()
-    plot = page.locator("#dlr-plot img")
+    plot = page.locator("#dlr-plot .js-plotly-plot")
     plot.wait_for(state="visible", timeout=180_000)
     page.locator("#dlr-headline").get_by_text(re.compile(r"D_LR = \d")).wait_for(timeout=30_000)
-    assert plot.get_attribute("alt").startswith("Four panels for the measured checkpoint")
+    assert plot.get_attribute("aria-label").startswith("Four panels for the measured checkpoint")
     serious = {}
     for tab in ("Evaluate", "Compare", "Layers", "History"):
         page.get_by_role("tab", name=tab).click()
@@ -215,10 +221,15 @@ def test_no_serious_accessibility_violations(served, page):
     assert field.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
 
 
-def test_a_shared_link_fills_the_fields(served, page, demo_paths):
+def test_a_shared_link_reproduces_the_measurement(served, page, demo_paths):
+    """Opening a result's link fills the fields and shows the result (measured, or from the history)."""
     from playwright.sync_api import expect
 
     _, _, url = served
-    page.goto(f"{url}?model={demo_paths['lazy']}&num_samples=20")
+    expected = evaluate(str(demo_paths["lazy"]), str(demo_paths["data"]), split="test", num_samples=20, seed=0, progress=False)
+    page.goto(f"{url}?model={demo_paths['lazy']}&dataset={demo_paths['data']}&split=test&num_samples=20&seed=0")
     expect(page.locator("#evaluate-model textarea, #evaluate-model input").first).to_have_value(str(demo_paths["lazy"]))
     expect(page.locator("#evaluate-num_samples input")).to_have_value("20")
+    headline = page.locator("#dlr-headline")
+    headline.get_by_text(f"D_LR = {expected.dlr:.4f}").wait_for(timeout=120_000)
+    page.locator("#dlr-plot .js-plotly-plot").wait_for(state="visible", timeout=30_000)

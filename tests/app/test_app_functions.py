@@ -25,7 +25,7 @@ def shown_dlr(headline: str) -> float:
 
 
 def test_evaluate_shows_the_library_value(app, demo_paths):
-    headline, details, baselines, figure, report_path, markdown, history = app.evaluate_ui(
+    headline, details, baselines, figure, (report_path, png_path), markdown, history = app.evaluate_ui(
         *example_args(demo_paths, "rich", n=48, reference=str(demo_paths["initial"]))
     )
     expected = evaluate(str(demo_paths["rich"]), str(demo_paths["data"]), split="test", num_samples=48, seed=0,
@@ -37,7 +37,12 @@ def test_evaluate_shows_the_library_value(app, demo_paths):
     assert f"| D_LR | {expected.dlr:.4f} |" in markdown and expected.verdict.text in markdown
     assert list(baselines["measure"]) == ["D_LR", "accuracy", "NC1", "effective rank", "‖θ‖²", "S_init", "‖θ − θ0‖ / ‖θ0‖"]
     assert float(baselines.set_index("measure").loc["S_init", "value"]) == pytest.approx(expected.baselines["s_init"], abs=1e-4)
-    assert len(figure.axes) == 4  # spectrum, U(k), Q(k), π_k
+    # the interactive plot: spectrum, U(k), Q(k), π_k stacked, each with its axis title, the model's numbers
+    assert [figure.layout[f"yaxis{i}"].title.text for i in ("", 2, 3, 4)] == ["ρ_k / ρ_1 (log)", "U(k)", "Q(k)", "π_k"]
+    traces = {trace.yaxis: trace for trace in figure.data}
+    assert list(traces["y2"].y) == pytest.approx(expected.result.utilisation, abs=1e-9)
+    assert list(traces["y4"].y) == pytest.approx(expected.result.pi, abs=1e-9)
+    assert Path(png_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the PNG export beside the JSON
     document = json.loads(Path(report_path).read_text())
     assert document["schema"] == SCHEMA
     assert document["dlr"] == pytest.approx(expected.dlr, abs=1e-12)
@@ -90,7 +95,7 @@ def training_run(demo_paths, tmp_path) -> Path:
 
 
 def test_compare_expands_a_training_folder_in_step_order(app, demo_paths, training_run):
-    summary, table, figure, path, history = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)
+    summary, table, figure, spectra, path, history = app.compare_ui(str(training_run), str(demo_paths["data"]), "", "test", 32, 32, 0)
     assert summary.startswith("**3 checkpoints of 1 run**")
     assert list(table.columns[:4]) == ["run", "checkpoint", "D_LR", "accuracy"]  # the names, then the numbers
     assert list(table["run"]) == ["run"] * 3
@@ -105,7 +110,10 @@ def test_compare_expands_a_training_folder_in_step_order(app, demo_paths, traini
     assert list(dlr_line.x) == [5, 10, 20] and list(dlr_line.y) == list(table["D_LR"])
     assert list(accuracy_line.y) == list(table["accuracy"])
     json_path, png_path = path
-    assert len(json.loads(Path(json_path).read_text())) == 3
+    document = json.loads(Path(json_path).read_text())
+    assert document["schema"] == "dlr-hf/reports/v3" and len(document["reports"]) == 3
+    assert [trace.name for trace in spectra.data if trace.showlegend] == [
+        f"run/checkpoint-{step} (D_LR {dlr:.3f})" for step, dlr in zip((5, 10, 20), table["D_LR"])]
     assert Path(png_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the PNG export
     assert len(history) == 3
     # the same checkpoints again: every one answered from the history
@@ -116,7 +124,7 @@ def test_compare_expands_a_training_folder_in_step_order(app, demo_paths, traini
 
 def test_compare_takes_a_list_of_checkpoints(app, demo_paths, training_run):
     entries = f"{training_run / 'checkpoint-20'}, {demo_paths['lazy']}"
-    _, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 32, 32, 0)
+    _, table, figure, _, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 32, 32, 0)
     lazy = f"{demo_paths['lazy'].parent.name}/lazy"
     assert list(table["checkpoint"]) == ["checkpoint-20", lazy]
     assert list(table["run"]) == ["run", "lazy"]  # a checkpoint-* folder is named by its run
@@ -184,7 +192,7 @@ def test_two_runs_are_two_lines_named_by_run(app, demo_paths, tmp_path):
         for step, name in zip((0, 50), names):
             shutil.copytree(demo_paths[name], tmp_path / run / f"checkpoint-{step}")
     entries = f"{tmp_path / 'run-rich'}\n{tmp_path / 'run-lazy'}"
-    summary, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 24, 24, 0)
+    summary, table, figure, _, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 24, 24, 0)
     assert summary.startswith("**4 checkpoints of 2 runs**")
     runs = ["run-rich", "run-lazy"]
     dlr_lines = [trace for trace in figure.data if trace.yaxis == "y"]
@@ -195,6 +203,53 @@ def test_two_runs_are_two_lines_named_by_run(app, demo_paths, tmp_path):
         assert list(line.y) == list(table[table["run"] == run]["D_LR"])
     rich_end, lazy_end = table[table["step"] == 50]["D_LR"]
     assert rich_end < lazy_end
+    # calibrated: each run read against its own first checkpoint (step 0, the initial model), same examples
+    initial = evaluate(str(demo_paths["initial"]), str(demo_paths["data"]), split="test", num_samples=24, progress=False)
+    for run, trained, label in (("run-rich", "rich", "rich"), ("run-lazy", "lazy", "lazy")):
+        rows = table[table["run"] == run]
+        end = evaluate(str(demo_paths[trained]), str(demo_paths["data"]), split="test", num_samples=24, progress=False)
+        assert list(rows["verdict"]) == [f"{initial.verdict.label} (absolute)", label]
+        assert rows["change"].iloc[0] is None or pd.isna(rows["change"].iloc[0])
+        assert rows["change"].iloc[1] == pytest.approx(end.dlr - initial.dlr, abs=1e-4)
+        assert f"from {initial.dlr:.2f} at initialisation to {end.dlr:.2f}" in summary
+    assert "verdicts against each run's first checkpoint" in summary
+
+
+def test_compare_against_a_reference_reads_every_checkpoint_from_it(app, demo_paths):
+    entries = f"{demo_paths['lazy']}\n{demo_paths['rich']}"
+    summary, table, _, _, (json_path, _), _ = app.compare_ui(
+        entries, str(demo_paths["data"]), "", "test", 24, 24, 0, str(demo_paths["initial"]))
+    for row, name in zip(table.itertuples(), ("lazy", "rich")):
+        expected = evaluate(str(demo_paths[name]), str(demo_paths["data"]), split="test", num_samples=24,
+                            reference_model=str(demo_paths["initial"]), progress=False)
+        assert row.verdict == expected.verdict.label == name
+        assert row.change == pytest.approx(expected.verdict.change, abs=1e-4)
+    reports = json.loads(Path(json_path).read_text())["reports"]
+    assert [document["verdict"]["basis"] for document in reports] == ["change from initialisation"] * 2
+    assert all("s_init" in document["baselines"] for document in reports)
+    assert "verdicts against the reference" in summary
+
+
+def test_the_history_tab_shows_the_columns_that_tell_rows_apart(app, demo_paths):
+    from dlr_hf.surfaces.history import ALWAYS_SHOWN
+
+    app.evaluate_ui(*example_args(demo_paths, "lazy", n=16))
+    view = app.history_view()
+    assert list(view.columns) == list(ALWAYS_SHOWN)  # one row: nothing to tell apart
+    app.evaluate_ui(*example_args(demo_paths, "lazy", n=16, reference=str(demo_paths["initial"])))
+    app.evaluate_ui(*example_args(demo_paths, "lazy", n=16, seed=4))
+    view = app.history_view()
+    assert "reference" in view.columns and "seed" in view.columns and "version" not in view.columns
+    assert "layers" not in view.columns and "model ref" not in view.columns
+    assert list(view.columns)[-1] == "id"
+    # every row measured (360 test rows): the seed draws nothing, so it is not shown, nor part of the key
+    whole = app.evaluate_ui(*example_args(demo_paths, "lazy", n=360, seed=1))
+    again = app.evaluate_ui(*example_args(demo_paths, "lazy", n=360, seed=2))
+    assert "Answered from the history" in again[1] and again[0] == whole[0]
+    assert app.history_table().query("n == 360")["seed"].tolist() == [""]
+    # the selection works whatever columns are shown: the id is the last one
+    row_id, selection = app.history_selected(Selected(list(view.iloc[0])))
+    assert row_id == view["id"].iloc[0] and row_id in selection
 
 
 def test_layers_view_overlays_the_profiles_of_rich_and_lazy(app, demo_paths):
@@ -218,7 +273,7 @@ def test_layers_view_overlays_the_profiles_of_rich_and_lazy(app, demo_paths):
         assert list(s_init.y) == pytest.approx(list(table[table["model"] == model]["S_init"]), abs=5e-5)
     assert figure.layout.yaxis2.title.text.startswith("S_init")
     json_path, png_path = path
-    assert [document["checkpoint"] for document in json.loads(Path(json_path).read_text())] == models
+    assert [document["checkpoint"] for document in json.loads(Path(json_path).read_text())["reports"]] == models
     assert Path(png_path).stat().st_size > 10_000
     assert len(history) == 2
 
@@ -258,7 +313,7 @@ def test_runs_sharing_a_folder_name_stay_apart(app, demo_paths, tmp_path):
     for owner, name in (("alice", "rich"), ("bob", "lazy")):
         shutil.copytree(demo_paths[name], tmp_path / owner / "run" / "checkpoint-1")
     entries = f"{tmp_path / 'alice' / 'run'}\n{tmp_path / 'bob' / 'run'}"
-    _, table, figure, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 16, 16, 0)
+    _, table, figure, _, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 16, 16, 0)
     assert list(table["run"]) == ["alice/run", "bob/run"]
     assert [trace.name for trace in figure.data if trace.yaxis == "y"] == ["alice/run", "bob/run"]
 
@@ -278,7 +333,7 @@ def test_a_history_row_reopens_in_the_evaluate_view(app, demo_paths):
     row_id, selection = app.history_selected(Selected(list(row)))
     assert row_id == row["id"] and "demo-v4/lazy" in selection.replace(demo_paths["lazy"].parent.name, "demo-v4")
     (tab, model, _revision, dataset, _config, split, n, _batch, _layer, seed, reference, headline, details, baselines, _figure,
-     path, markdown) = app.reopen(row_id)
+     (path, _png), markdown) = app.reopen(row_id)
     assert tab.selected == "evaluate"
     assert (model, dataset, split, n, seed, reference) == (
         str(demo_paths["lazy"]), str(demo_paths["data"]), "test", 24, 3, str(demo_paths["initial"]))
@@ -326,3 +381,10 @@ def test_a_shared_link_fills_the_evaluate_fields(app, demo_paths):
     assert "Answered from the history" in again[1]
     skipped = dict(zip(URL_FIELDS, app.fields_from_url(Visit({"seed": "many"}))))
     assert all(isinstance(value, dict) for value in skipped.values())  # gr.skip(): fields keep their values
+    # opened, the link also shows the result: the page load runs the request it names
+    shown = app.evaluate_linked(*(None if isinstance(value, dict) else value for value in fields),
+                                session=Visit(dict(parse_qsl(link[1:]))))
+    assert shown[0] == again[0] and "Answered from the history" in shown[1]
+    # a page without such a link leaves the result area alone
+    untouched = app.evaluate_linked(*example_args(demo_paths), session=Visit({"seed": "3"}))
+    assert all(isinstance(value, dict) for value in untouched)

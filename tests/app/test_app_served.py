@@ -32,21 +32,26 @@ def test_evaluate_through_the_client(client, demo_paths):
     expected = evaluate(str(demo_paths["lazy"]), str(demo_paths["data"]), split="test", num_samples=40, progress=False)
     assert shown(headline) == pytest.approx(expected.dlr, abs=5e-5)
     assert baselines["headers"] == ["measure", "value", "meaning"]
-    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
-    assert json.loads(Path(report).read_text())["dlr"] == pytest.approx(expected.dlr, abs=1e-12)
-    assert any(row[1] == str(demo_paths["lazy"]) and row[5] == 40 for row in history["data"])
+    assert plot["type"] == "plotly" and len(json.loads(plot["plot"])["data"]) == 4  # spectrum, U(k), Q(k), π_k
+    report_json, report_png = report
+    assert json.loads(Path(report_json).read_text())["dlr"] == pytest.approx(expected.dlr, abs=1e-12)
+    assert report_png.endswith(".png")
+    rows = [dict(zip(history["headers"], row)) for row in history["data"]]  # the columns that tell rows apart
+    assert any(row["model"] == str(demo_paths["lazy"]) and row["n"] == 40 for row in rows)
     # asked again: from the history
     assert "Answered from the history" in client.predict(*example_args(demo_paths, "lazy", n=40), api_name="/evaluate")[1]
 
 
 def test_compare_through_the_client(client, demo_paths):
     entries = "\n".join(str(demo_paths[name]) for name in ("initial", "lazy", "rich"))
-    summary, table, plot, reports, _history = client.predict(entries, str(demo_paths["data"]), "", "test", 24, 24, 0, api_name="/compare")
+    summary, table, plot, spectra, reports, _history = client.predict(
+        entries, str(demo_paths["data"]), "", "test", 24, 24, 0, "", api_name="/compare")
     assert summary.startswith("**3 checkpoints of 3 runs**")
     assert [row[1].split("/")[-1] for row in table["data"]] == ["initial", "lazy", "rich"]
     assert plot["type"] == "plotly" and [trace["name"] for trace in json.loads(plot["plot"])["data"]][::2] == ["initial", "lazy", "rich"]
     json_path, png_path = reports
-    assert [document["checkpoint"] for document in json.loads(Path(json_path).read_text())] == [row[1] for row in table["data"]]
+    assert [document["checkpoint"] for document in json.loads(Path(json_path).read_text())["reports"]] == [row[1] for row in table["data"]]
+    assert spectra["type"] == "plotly" and len(json.loads(spectra["plot"])["data"]) == 3 * 4  # three checkpoints × four panels
     assert png_path.endswith(".png")
     assert client.predict(api_name="/history")["headers"][0] == "when (UTC)"
 
