@@ -74,7 +74,7 @@ CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 BASELINE_COLUMNS = ["measure", "value", "meaning"]
 COMPARE_COLUMNS = ["run", "checkpoint", "D_LR", "accuracy", "change", "verdict", "step", "rank r", "p", "C", "from history"]
 """The numbers right after the names, so that run, checkpoint, D_LR and accuracy fit a phone's width; then the change
-from the run's initial (its reference, or its first checkpoint) and the verdict label."""
+from the run's initial (its reference, or its first checkpoint) and the verdict label ("(abs)": on the absolute scale)."""
 PROFILE_COLUMNS = ["model", "layer", "D_LR", "S_init", "depth", "p", "rank r", "effective rank"]
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "tokenizer.json")
 """Files whose presence means a checkpoint folder carries its own tokenizer / image processor."""
@@ -577,7 +577,7 @@ class DLRApp:
                     run, entry.label, round(result.dlr, 4),
                     None if result.accuracy is None else round(result.accuracy, 4),
                     None if verdict.change is None else round(verdict.change, 4),
-                    verdict.label if verdict.dlr_initial is not None else f"{verdict.label} (absolute)",
+                    _verdict_cell(verdict, starts_run=first_entry is entry and sum(e.run == entry.run for e in entries) > 1),
                     "" if entry.step is None else entry.step,
                     result.rank, result.feature_dim, result.num_outputs, "yes" if outcome.cached else "no",
                 ])
@@ -600,6 +600,8 @@ class DLRApp:
             spectra = visualisation_plotly([outcome.report.result for outcome in outcomes], labels)
             basis = ("against the reference (initial checkpoint)" if _text(reference, "reference") else
                      "against each run's first checkpoint (no reference given)")
+            if any(row[5].endswith("(abs)") for row in rows):
+                basis += "; (abs): a lone checkpoint, read on the absolute scale — give the initial checkpoint to calibrate it"
             summary = "\n".join([
                 f"**{len(entries)} checkpoints of {len(runs)} run{'s' if len(runs) != 1 else ''}** on "
                 f"`{_short(str(dataset))}` · {sum(o.cached for o in outcomes)} answered from the history · verdicts {basis}",
@@ -757,6 +759,14 @@ def failure_markdown(note: tuple[str, str] | None) -> str:
     title, message = note or ("The request failed", "the server gave no reason (a full queue, or a lost connection)")
     quoted = "\n> ".join(html.escape(message, quote=False).splitlines())
     return f"## ⚠ {title}\n> {quoted}\n\nNo result is shown: correct the input and run it again."
+
+
+def _verdict_cell(verdict: Any, starts_run: bool) -> str:
+    """The Compare table's verdict: the label; "run start" for the checkpoint a run's others are read
+    against; "(abs)" when it is on the absolute scale (no initial known). Short, so a phone shows it whole."""
+    if starts_run and verdict.dlr_initial is None:
+        return "run start"
+    return verdict.label if verdict.dlr_initial is not None else f"{verdict.label} (abs)"
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:

@@ -124,13 +124,16 @@ def test_compare_expands_a_training_folder_in_step_order(app, demo_paths, traini
 
 def test_compare_takes_a_list_of_checkpoints(app, demo_paths, training_run):
     entries = f"{training_run / 'checkpoint-20'}, {demo_paths['lazy']}"
-    _, table, figure, _, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 32, 32, 0)
+    summary, table, figure, _, _, _ = app.compare_ui(entries, str(demo_paths["data"]), "", "test", 32, 32, 0)
+    assert "(abs): a lone checkpoint, read on the absolute scale" in summary
     lazy = f"{demo_paths['lazy'].parent.name}/lazy"
     assert list(table["checkpoint"]) == ["checkpoint-20", lazy]
     assert list(table["run"]) == ["run", "lazy"]  # a checkpoint-* folder is named by its run
     assert figure.layout.xaxis2.title.text == "checkpoint"
     assert list(figure.layout.xaxis2.ticktext) == ["checkpoint-20", lazy]
     assert table["D_LR"].iloc[0] < table["D_LR"].iloc[1]  # rich below lazy
+    # two lone checkpoints, no reference: each read on the absolute scale, and said so
+    assert all(verdict.endswith("(abs)") for verdict in table["verdict"]) and table["change"].isna().all()
 
 
 def test_hub_ids_are_keyed_by_commit(app, demo_paths, tmp_path, monkeypatch):
@@ -208,7 +211,7 @@ def test_two_runs_are_two_lines_named_by_run(app, demo_paths, tmp_path):
     for run, trained, label in (("run-rich", "rich", "rich"), ("run-lazy", "lazy", "lazy")):
         rows = table[table["run"] == run]
         end = evaluate(str(demo_paths[trained]), str(demo_paths["data"]), split="test", num_samples=24, progress=False)
-        assert list(rows["verdict"]) == [f"{initial.verdict.label} (absolute)", label]
+        assert list(rows["verdict"]) == ["run start", label]
         assert rows["change"].iloc[0] is None or pd.isna(rows["change"].iloc[0])
         assert rows["change"].iloc[1] == pytest.approx(end.dlr - initial.dlr, abs=1e-4)
         assert f"from {initial.dlr:.2f} at initialisation to {end.dlr:.2f}" in summary
