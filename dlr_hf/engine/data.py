@@ -7,15 +7,19 @@ is never tokenised or decoded as a whole.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
+from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
-from dlr_hf.engine.settings import require_existing
+from dlr_hf.engine.hub import not_cached_error, offline_mode, require_hub_or_cache
+from dlr_hf.engine.progress import library_bars
+from dlr_hf.engine.settings import looks_like_path, require_existing
 from dlr_hf.errors import DatasetLoadError, InputColumnError, ModalityMismatchError
 from dlr_hf.models import CONTENT_TOKENS, WORD_STARTS
 
@@ -61,8 +65,20 @@ def load_data(
     config: str | None = None,
     split: str | None = None,
     revision: str | None = None,
+    progress: bool = True,
 ) -> LoadedData:
-    """One split of a dataset (default: test, else validation, else train)."""
+    """One split of a dataset (default: test, else validation, else train).
+
+    ``progress=False`` keeps datasets' own bars (download, preparation) off while loading.
+    """
+    with library_bars(progress):
+        return _load_data(dataset, config, split, revision)
+
+
+def _load_data(
+    dataset: str | Path | datasets.Dataset | datasets.DatasetDict, config: str | None, split: str | None,
+    revision: str | None,
+) -> LoadedData:
     if isinstance(dataset, datasets.Dataset):
         data, name, chosen = dataset, getattr(dataset.info, "dataset_name", None) or "in-memory", split
     else:
@@ -100,6 +116,8 @@ def _load(
     """Any dataset source; every failure inside ``datasets`` becomes one DatasetLoadError line."""
     require_existing(name, "dataset path", DatasetLoadError)
     path = Path(name).expanduser()
+    if _is_hub_id(name, path):
+        require_hub_or_cache(name, revision, repo_type="dataset")
 
     def read(only_split: str | None = None) -> datasets.Dataset | datasets.DatasetDict:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
@@ -139,13 +157,21 @@ def _load(
                 "of the dataset stored as data files (e.g. its 'refs/convert/parquet' revision)"
             ) from error
         raise DatasetLoadError(f"could not load dataset {name!r}: {_first_line(error)}") from error
-    except (OSError, ValueError, ConnectionError, FileNotFoundError) as error:
+    except (OSError, ValueError) as error:  # ConnectionError and FileNotFoundError are OSErrors
+        if isinstance(error, ConnectionError) and offline_mode("dataset") and _is_hub_id(name, path):
+            raise not_cached_error(name, "dataset", "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)") from error
         raise DatasetLoadError(
             f"could not load dataset {name!r}" + (f" (config {config!r})" if config else "") + f": {_first_line(error)} "
             "— check the id, config and split (offline, the dataset must already be cached)"
         ) from error
     except Exception as error:  # anything else raised inside datasets: still one line, no traceback
         raise DatasetLoadError(f"could not load dataset {name!r}: {type(error).__name__}: {_first_line(error)}") from error
+
+
+def _is_hub_id(name: str, path: Path) -> bool:
+    """A name ``load_dataset`` looks up on the Hub: nothing at that path, ``NAME`` or ``ORG/NAME``, and not the name
+    of one of datasets' own builders (csv, json, parquet, …)."""
+    return not path.exists() and not looks_like_path(name) and name not in _PACKAGED_DATASETS_MODULES
 
 
 # --- columns -------------------------------------------------------------------------------------

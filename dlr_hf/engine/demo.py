@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import datasets
 import numpy as np
@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+from dlr_hf.engine.progress import library_bars
 
 logger = logging.getLogger(__name__)
 
@@ -139,16 +141,25 @@ def train_rich(
     return steps
 
 
-def ensure_demo(root: Path | None = None) -> dict[str, Path]:
+def ensure_demo(root: Path | None = None, *, progress: bool = True) -> dict[str, Path]:
     """Build (once) and return the demo's paths: ``data``, ``rich``, ``lazy``, ``initial``.
 
     Public as ``dlr_hf.demo()``: ``paths = dlr_hf.demo(); dlr_hf.evaluate(paths["rich"], paths["data"])``.
+    ``progress=False`` (``--quiet``) builds without the libraries' bars (datasets' save, transformers'
+    weight writing); the one log line saying that the demo is being built stays.
     """
     root = root or cache_dir()
     paths = {name: root / name for name in ("data", "initial", "rich", "lazy")}
     if all((path / "ready").exists() for path in paths.values()):
         return paths
     logger.warning("dlr-hf: building the built-in demo (a rich and a lazy tiny ViT on digits) in %s, once (~15 s)", root)
+    with library_bars(progress):
+        _build(paths)
+    return paths
+
+
+def _build(paths: dict[str, Path]) -> None:
+    """Train the three checkpoints and save them, with the data, where ``paths`` say; each folder gets ``ready``."""
     data = digits_dataset()
     processor = image_processor()
     pixels, labels = pixel_values(data["train"], processor), torch.tensor(data["train"]["label"])
@@ -164,7 +175,6 @@ def ensure_demo(root: Path | None = None) -> dict[str, Path]:
         processor.save_pretrained(paths[name])
     for path in paths.values():
         (path / "ready").write_text(DEMO_VERSION)
-    return paths
 
 
 demo = ensure_demo

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
-import transformers
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from dlr_hf.engine.data import ColumnPlan, LoadedData, detect_columns, load_data, make_collate, subsample_indices
+from dlr_hf.engine.data import (
+    ColumnPlan,
+    LoadedData,
+    detect_columns,
+    load_data,
+    make_collate,
+    subsample_indices,
+)
+from dlr_hf.engine.devices import input_device, make_accelerator
 from dlr_hf.engine.loading import LoadedModel, load_model
 from dlr_hf.engine.measurement import ADAPTER_BASE, Measurement
 from dlr_hf.engine.options import MeasurementOptions
+from dlr_hf.engine.progress import library_bars
 from dlr_hf.engine.report import EvaluationReport
-from dlr_hf.engine.devices import input_device, make_accelerator
 from dlr_hf.errors import DLRError, TooFewSamplesError
 from dlr_hf.metric import DLRResult
 from dlr_hf.models import is_multiple_choice, require_head
@@ -111,27 +116,9 @@ def evaluate(
     all of them return the same report.
     """
     options = _options(options, settings, reference_model)
-    with _library_bars(progress):
+    with library_bars(progress):  # --quiet: the libraries' bars too (weight loading, data); restored after
         return _evaluate(model, dataset, revision, processor, dataset_config, split, dataset_revision, input_columns,
                          label_column, device_map, trust_remote_code, safetensors_only, options, accelerator, progress)
-
-
-@contextmanager
-def _library_bars(progress: bool) -> Iterator[None]:
-    """``progress=False`` (``--quiet``) silences transformers' weight-loading and datasets' bars too; restored after."""
-    if progress:
-        yield
-        return
-    transformers_on, datasets_on = transformers.utils.logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if transformers_on:
-            transformers.utils.logging.enable_progress_bar()
-        if datasets_on:
-            datasets.enable_progress_bars()
 
 
 def _evaluate(

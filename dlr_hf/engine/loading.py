@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
-from transformers.utils import cached_file, find_adapter_config_file
 from torch import nn
+from transformers.utils import cached_file, find_adapter_config_file
 
+from dlr_hf.engine.hub import require_hub_or_cache
 from dlr_hf.engine.settings import require_existing, validate_precision
 from dlr_hf.errors import ModelLoadError
 from dlr_hf.models.adapters import is_adapter_model
@@ -28,8 +26,6 @@ from dlr_hf.models.adapters import is_adapter_model
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-HUB_PROBE_SECONDS = 3.0
-"""How long the reachability probe waits for the Hub: without it an uncached id spends ~30 s in retries."""
 
 MODALITY_OF_INPUT = {
     "input_ids": "text",
@@ -319,34 +315,6 @@ def _in_memory_adapter_source(model: nn.Module) -> dict[str, Any]:
 def _listed(value: Any) -> Any:
     """A set of module names (peft keeps some as sets) as a sorted list, for JSON."""
     return sorted(value) if isinstance(value, (set, frozenset)) else value
-
-
-def require_hub_or_cache(repo_id: str, revision: str | None) -> None:
-    """Fail in seconds, naming offline mode, when the Hub is unreachable and ``repo_id`` is not cached.
-
-    One TCP connect to the endpoint; skipped in offline mode (the libraries then fail at once) and
-    behind a proxy (a direct connect says nothing about the proxy's reach).
-    """
-    if hub_constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return
-    endpoint = hub_constants.ENDPOINT
-    scheme, _, rest = endpoint.partition("://")
-    host, _, port = rest.split("/")[0].partition(":")
-    try:
-        socket.create_connection((host, int(port or (443 if scheme == "https" else 80))), timeout=HUB_PROBE_SECONDS).close()
-        return
-    except OSError as error:
-        unreachable = error.strerror or type(error).__name__
-    if any(isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
-           for filename in ("config.json", "adapter_config.json")):
-        log.warning("the Hugging Face Hub (%s) is unreachable: set HF_HUB_OFFLINE=1 to read %s from the cache "
-                    "without waiting for the network", endpoint, repo_id)
-        return
-    raise ModelLoadError(
-        f"the Hugging Face Hub ({endpoint}) is unreachable ({unreachable}) and {repo_id!r} is not in the local "
-        "cache; download it where there is network, pass a local folder, or, if it is cached elsewhere, point "
-        "HF_HUB_CACHE there and set HF_HUB_OFFLINE=1 (offline mode: no network waits)"
-    )
 
 
 def _cached(repo_id: str, filename: str, revision: str | None) -> str | None:

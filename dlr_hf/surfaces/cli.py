@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from accelerate import Accelerator
 
@@ -128,7 +129,7 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str, str | None]
         return [(model, model, args.reference) for model in args.models], args.dataset
     print("No model given: running the built-in demo (rich vs lazy ViT on the digits data, against their initial "
           "checkpoint).", file=sys.stderr)
-    demo = ensure_demo()
+    demo = ensure_demo(progress=not args.quiet)
     reference = str(demo["initial"]) if args.reference in (None, REFERENCE_FIRST) else args.reference
     return ([("demo rich", str(demo["rich"]), reference), ("demo lazy", str(demo["lazy"]), reference)],
             args.dataset or str(demo["data"]))
