@@ -73,7 +73,8 @@ def not_cached_error(repo_id: str, repo_type: str, situation: str) -> ModelLoadE
     """The error for a Hub id that is not in the local cache when the Hub cannot be used (``situation`` says why)."""
     if repo_type == "dataset":
         return DatasetLoadError(
-            f"{situation} and the dataset {repo_id!r} is not in the local cache ({dataset_cache_folder(repo_id)}); "
+            f"could not load dataset {repo_id!r}: {situation} and the dataset {repo_id!r} is not in the local cache "
+            f"({dataset_cache_folder(repo_id)}); "
             "load it once where the Hub is reachable (offline mode off), pass a local folder saved with save_to_disk "
             "or a data file (.csv, .json, .parquet, …), or, if it is cached elsewhere, point HF_DATASETS_CACHE there "
             "and set "
