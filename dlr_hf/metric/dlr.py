@@ -44,7 +44,7 @@ from dlr_hf.metric.spectral import (
     learned_function_from_head,
     learned_function_from_moments,
 )
-from dlr_hf.metric.state import MergeableState
+from dlr_hf.metric.state import MergeableState, SumFn
 
 DEFAULT_RTOL = 1e-6
 MIN_RTOL = 1e-8
@@ -230,6 +230,46 @@ class DLRAccumulator(MergeableState):
     def num_samples(self) -> int:
         return 0 if self.moments is None else int(self.moments.count)
 
+    # -- labelled rows' moments: shared with all rows' until a row without a usable label ---------
+    def _labelled_apart(self) -> bool:
+        """Whether this part holds rows whose labelled moments differ from the all-rows moments."""
+        return self.num_samples > 0 and not (self.labels is not None and not self.labels.kept_apart)
+
+    def _keep_labelled_apart(self) -> None:
+        """Hold the labelled rows' moments separately (empty when no row so far had labels)."""
+        if self.label_classes is None or self.moments is None:
+            return
+        if self.labels is None:
+            self.child("labels").keep_apart(None)  # every row so far came without labels
+        else:
+            self.labels.keep_apart(self.moments)
+
+    def merge(self, other: DLRAccumulator) -> None:
+        """Pool ``other`` in; when either part has rows without usable labels, both hold their labelled
+        moments apart first (``other`` only for the duration of the merge: it is left as it was)."""
+        if type(other) is type(self) and (self._labelled_apart() or other._labelled_apart()):
+            self._adopt_shape(other)
+            self._keep_labelled_apart()
+            had_labels = other.labels is not None
+            shared = had_labels and not other.labels.kept_apart
+            other._keep_labelled_apart()
+            try:
+                super().merge(other)
+            finally:
+                if not had_labels:
+                    other.labels = None
+                elif shared:
+                    other.labels.features = None
+            return
+        super().merge(other)
+
+    def _prepare_reduce(self, sum_fn: SumFn) -> None:
+        """Before ``all_reduce`` pools the parts: if any process has rows without usable labels, every
+        process holds its labelled moments apart (one extra one-number collective)."""
+        apart = sum_fn(torch.tensor([float(self._labelled_apart())], dtype=DTYPE, device=self.device))
+        if float(apart.sum()) > 0:
+            self._keep_labelled_apart()
+
     # -- streaming -----------------------------------------------------------------------------
     def update(self, features: Any, logits: Any = None, labels: Any = None) -> None:
         """Add a batch: features (n×p), logits (n×C or n) and labels (n; class indices, <0 = none).
@@ -270,9 +310,14 @@ class DLRAccumulator(MergeableState):
             self.output_precision[precision_slot(logits.dtype)] += n
         features = features.to(self.device, DTYPE)
         rows = torch.cat([features, logits.to(self.device, DTYPE)], dim=1) if self.track_outputs else features
-        self.moments.update(rows)
+        # label statistics first: they may need the all-rows moments as they were before this batch
         if labels is not None:
-            self.child("labels").update(features, logits, labels)
+            if self.labels is None and self.num_samples > 0:
+                self._keep_labelled_apart()  # the rows so far came without labels
+            self.child("labels").update(features, logits, labels, self.moments)
+        elif self.labels is not None:
+            self.labels.keep_apart(self.moments)  # this batch's rows come without labels
+        self.moments.update(rows)
 
     # -- the measure ---------------------------------------------------------------------------
     def compute(self, head_weight: Any = None) -> DLRResult:
@@ -406,7 +451,7 @@ class DLRAccumulator(MergeableState):
         counts = stats.classes.counts
         result.class_counts = [int(c) for c in counts.tolist()]
         present = counts > 0
-        moments = stats.features
+        moments = stats.labelled_moments(self.moments)
         offsets = stats.classes.means[present] - moments.mean  # μ_k − μ_L
         if labelled != result.num_samples:
             spectrum = self._labelled_spectrum(moments)

@@ -2,9 +2,11 @@
 
 Only a label that is an integer in ``[0, C)`` makes its row *labelled*. Negative integers
 (transformers' −100, a dataset's −1) mean "unlabelled"; labels ≥ C, non-integers and NaN are not
-used either, and are counted by reason so the report can say what was dropped. The feature
-moments of the labelled rows are kept apart from those of all rows, so NC1 and Q(k) equal their
-values on the labelled rows alone.
+used either, and are counted by reason so the report can say what was dropped. NC1 and Q(k)
+equal their values on the labelled rows alone: the labelled rows' feature moments are kept apart
+from those of all rows — but only from the first row without a usable label on. Until then they
+*are* the all-rows moments (``DLRAccumulator.moments``), so cleanly labelled data stream one p×p
+scatter, not two (half the memory and half the scatter updates).
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ def classify_labels(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tenso
 
 
 class LabelStatistics(MergeableState):
-    """Everything the label-based baselines need, over labelled rows only."""
+    """Everything the label-based baselines need, over labelled rows only.
+
+    ``features`` (the labelled rows' feature moments) is None while every row streamed so far had a
+    usable label: the labelled moments are then the all-rows moments the caller holds
+    (``labelled_moments(all_rows)``). ``keep_apart(all_rows)`` starts keeping them separately.
+    """
 
     def __init__(self, dim: int, num_classes: int, device: torch.device | str | None = None) -> None:
         super().__init__(device)
@@ -58,12 +65,35 @@ class LabelStatistics(MergeableState):
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim, "num_classes": self.num_classes}
 
-    def update(self, features: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor) -> None:
+    @property
+    def kept_apart(self) -> bool:
+        """Whether the labelled rows' moments are held separately (some row had no usable label)."""
+        return self.features is not None
+
+    def keep_apart(self, all_rows: StreamingMoments | None) -> None:
+        """Hold the labelled rows' moments separately from now on, starting from ``all_rows``'s leading
+        ``dim`` coordinates (every row so far was labelled; None or empty: no row so far)."""
+        if self.features is None:
+            self.features = (
+                all_rows.leading(self.dim).copy() if all_rows is not None and all_rows.count > 0
+                else StreamingMoments(self.dim, self.device)
+            )
+
+    def labelled_moments(self, all_rows: StreamingMoments) -> StreamingMoments:
+        """The labelled rows' feature moments: held apart, or (every row labelled) ``all_rows``'s leading part."""
+        return self.features if self.features is not None else all_rows.leading(self.dim)
+
+    def update(self, features: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor,
+               all_rows: StreamingMoments | None) -> None:
+        """Add a batch; ``all_rows``: the caller's all-rows moments *before* this batch is added to them."""
         valid, indices, dropped = classify_labels(labels.to(self.device), self.num_classes)
+        if not bool(valid.all()):
+            self.keep_apart(all_rows)
         self.dropped += dropped
         rows, indices = features[valid], indices[valid]
         self.child("classes").update(rows, indices)
-        self.child("features").update(rows)
+        if self.features is not None:
+            self.features.update(rows)
         if logits is not None and logits.shape[1] > 1:
             predictions = logits.to(self.device).argmax(dim=1)[valid]
             self.correct += (predictions == indices).sum().to(DTYPE)

@@ -50,6 +50,20 @@ class StreamingMoments(MergeableState):
         self.mean = self.mean + delta * (batch_count / count)
         self.count = count
 
+    def leading(self, dim: int) -> StreamingMoments:
+        """The moments of the first ``dim`` coordinates, as views of this statistic's tensors (no copy:
+        later updates of this one show through; ``.copy()`` it to keep it apart)."""
+        part = StreamingMoments(0, self.device)
+        part.dim, part.count, part.mean, part.scatter = dim, self.count, self.mean[:dim], self.scatter[:dim, :dim]
+        return part
+
+    def copy(self) -> StreamingMoments:
+        """An independent copy (its own tensors)."""
+        twin = StreamingMoments(0, self.device)
+        twin.dim = self.dim
+        twin.count, twin.mean, twin.scatter = self.count.clone(), self.mean.clone(), self.scatter.clone()
+        return twin
+
     def _pool(self, total: Total) -> None:
         count = total(lambda part: part.count)
         if count == 0:

@@ -128,6 +128,10 @@ class MergeableState:
             if theirs is not None:
                 self.child(name).merge(theirs)
 
+    def _prepare_reduce(self, sum_fn: SumFn) -> None:
+        """Hook between the shape agreement and the data collectives of ``all_reduce`` (collective too:
+        every process runs the same collectives here)."""
+
     def _adopt_shape(self, other: "MergeableState") -> None:
         """Hook for statistics whose shape is set by their first batch: take ``other``'s if unset."""
 
@@ -137,6 +141,7 @@ class MergeableState:
         Shapes are agreed first (one small collective), so a mismatch raises on every process.
         """
         agree_on_shapes(self.signature(), sum_fn, f"{type(self).__name__} statistics", self.device)
+        self._prepare_reduce(sum_fn)
         # A copy goes in: an in-place all-reduce must not change a state another field still reads.
         self._pool(lambda field: sum_fn(field(self).clone()))
         for name in self._child_factories:

@@ -58,6 +58,17 @@ def labels_only_on_some_ranks(rank: int) -> DLRAccumulator:
     return accumulator
 
 
+def messy_labels_on_one_rank(rank: int) -> DLRAccumulator:
+    """Legitimate: ranks 0 and 2 fully labelled (one shared scatter), rank 1 with every third label −1
+    (its labelled moments kept apart): every rank must hold them apart before the reduction."""
+    accumulator = DLRAccumulator(num_classes=3)
+    phi, logits, labels = rows(rank)
+    if rank == 1:
+        labels = np.where(np.arange(len(labels)) % 3 == 0, -1, labels)
+    accumulator.update(phi, logits, labels)
+    return accumulator
+
+
 def cka_dims_differ(rank: int) -> LinearCKAAccumulator:
     cka = LinearCKAAccumulator()
     phi, _, _ = rows(rank, p=3 + rank)
@@ -65,7 +76,10 @@ def cka_dims_differ(rank: int) -> LinearCKAAccumulator:
     return cka
 
 
-SCENARIOS = [label_widths_differ, feature_dims_differ, one_rank_saw_no_batch, labels_only_on_some_ranks, cka_dims_differ]
+SCENARIOS = [
+    label_widths_differ, feature_dims_differ, one_rank_saw_no_batch, labels_only_on_some_ranks, messy_labels_on_one_rank,
+    cka_dims_differ,
+]
 
 
 def main() -> None:
@@ -78,7 +92,8 @@ def main() -> None:
             statistic.all_reduce(total)
             outcome = {"scenario": scenario.__name__, "world": world, "error": None, "count": statistic.num_samples}
             if isinstance(statistic, DLRAccumulator):
-                outcome["num_labelled"] = statistic.compute().num_labelled
+                result = statistic.compute()
+                outcome.update(num_labelled=result.num_labelled, nc1=result.nc1, quality=result.quality)
         except DLRError as error:
             outcome = {"scenario": scenario.__name__, "world": world, "error": type(error).__name__, "message": str(error)}
         out.write(json.dumps(outcome) + "\n")

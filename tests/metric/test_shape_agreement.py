@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import brute_force as bf
+from shape_agreement_worker import rows
 
 
 def _free_port() -> int:
@@ -42,3 +46,15 @@ def test_three_processes_with_different_shapes_all_raise_and_none_hangs(tmp_path
     assert [row["error"] for row in legit] == [None] * 3
     assert [row["count"] for row in legit] == [60] * 3
     assert [row["num_labelled"] for row in legit] == [20] * 3
+    # the label statistics are those of the labelled rows alone, whichever ranks kept them apart
+    phi, labels = zip(*((phi, y) for phi, _, y in (rows(rank) for rank in range(3))))
+    assert [row["nc1"] for row in legit] == pytest.approx([bf.nc1(phi[0], labels[0])] * 3, rel=1e-9)
+    messy = by_scenario["messy_labels_on_one_rank"]
+    keep = [np.ones(20, bool), np.arange(20) % 3 != 0, np.ones(20, bool)]
+    kept_phi = np.concatenate([p[k] for p, k in zip(phi, keep)])
+    kept_labels = np.concatenate([y[k] for y, k in zip(labels, keep)])
+    assert [row["error"] for row in messy] == [None] * 3
+    assert [row["num_labelled"] for row in messy] == [int(sum(k.sum() for k in keep))] * 3
+    assert [row["nc1"] for row in messy] == pytest.approx([bf.nc1(kept_phi, kept_labels)] * 3, rel=1e-9)
+    for row in messy:
+        np.testing.assert_allclose(row["quality"], bf.quality(kept_phi, kept_labels, 3), atol=1e-9)

@@ -83,6 +83,68 @@ def test_property_label_statistics_equal_the_labelled_rows_alone(n, p, c, seed, 
     assert sum(result.labels_dropped.values()) == int(drop.sum())
 
 
+def test_clean_labels_share_the_all_rows_scatter():
+    """Every row labelled: no second p×p scatter is kept (half the memory and scatter updates)."""
+    phi, logits, labels, _ = labelled_problem(90, 6, 3, seed=11)
+    accumulator = DLRAccumulator()
+    for start in range(0, 90, 16):
+        accumulator.update(phi[start : start + 16], logits[start : start + 16], labels[start : start + 16])
+    assert accumulator.labels.features is None
+    result = accumulator.compute()
+    assert result.nc1 == pytest.approx(bf.nc1(phi, labels), rel=1e-9)
+    np.testing.assert_allclose(result.quality, bf.quality(phi, labels, 3), atol=1e-9)
+
+
+@pytest.mark.parametrize("order", ["unlabelled_first", "unlabelled_last", "interleaved"])
+def test_batches_without_labels_are_left_out_of_the_label_statistics(order):
+    """Batches passed with labels=None, before, after or between labelled ones: the label statistics
+    are those of the labelled batches alone, D_LR that of every row."""
+    phi, logits, labels, _ = labelled_problem(120, 6, 3, seed=12)
+    batches = [slice(start, start + 20) for start in range(0, 120, 20)]
+    without = {"unlabelled_first": {0, 1}, "unlabelled_last": {4, 5}, "interleaved": {1, 4}}[order]
+    accumulator = DLRAccumulator()
+    for index, rows in enumerate(batches):
+        accumulator.update(phi[rows], logits[rows], None if index in without else labels[rows])
+    keep = np.concatenate([np.full(20, index not in without) for index in range(len(batches))])
+    result = accumulator.compute()
+    assert result.num_labelled == int(keep.sum()) and result.num_samples == 120
+    assert result.nc1 == pytest.approx(bf.nc1(phi[keep], labels[keep]), rel=1e-9)
+    np.testing.assert_allclose(result.quality, bf.quality(phi[keep], labels[keep], 3), atol=1e-9)
+    assert result.dlr == pytest.approx(bf.dlr(phi, logits)[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("first,second", [("clean", "messy"), ("messy", "clean"), ("clean", "none"), ("none", "clean"),
+                                          ("empty", "messy"), ("clean", "clean")])
+def test_merging_parts_labelled_differently_gives_the_labelled_rows_statistics(first, second):
+    """A fully labelled part (one shared scatter) merged with a part holding unlabelled rows, or none:
+    equal to the brute force on the labelled rows of both; the merged-in part is left as it was."""
+    phi, logits, labels, _ = labelled_problem(160, 6, 3, seed=13)
+    kinds = {"clean": lambda y: y, "messy": lambda y: np.where(np.arange(len(y)) % 4 == 0, -1, y), "none": lambda y: None}
+    parts, kept = [], []
+    for kind, rows in ((first, slice(0, 80)), (second, slice(80, 160))):
+        part = DLRAccumulator(num_classes=3)
+        if kind != "empty":
+            part.update(phi[rows], logits[rows], kinds[kind](labels[rows]))
+            given = kinds[kind](labels[rows])
+            kept.append(np.zeros(80, bool) if given is None else np.asarray(given) >= 0)
+        else:
+            kept.append(np.zeros(80, bool))
+        parts.append(part)
+    if first == "empty":
+        phi, logits, labels = phi[80:], logits[80:], labels[80:]
+        kept = kept[1:]
+    keep = np.concatenate(kept)
+    source_before = parts[1].compute().to_dict()
+    shared_before = parts[1].labels is not None and parts[1].labels.features is None
+    parts[0].merge(parts[1])
+    result = parts[0].compute()
+    assert result.num_samples == len(phi) and result.num_labelled == int(keep.sum())
+    assert result.nc1 == pytest.approx(bf.nc1(phi[keep], labels[keep]), rel=1e-9)
+    np.testing.assert_allclose(result.quality, bf.quality(phi[keep], labels[keep], 3), atol=1e-9)
+    assert parts[1].compute().to_dict() == source_before
+    assert (parts[1].labels is not None and parts[1].labels.features is None) == shared_before
+
+
 def test_bad_labels_are_counted_by_reason_and_reported():
     phi, logits, labels, _ = labelled_problem(40, 5, 3, seed=2)
     messy = labels.astype(np.float64)
