@@ -13,7 +13,7 @@ from dlr_hf.engine.evaluate import evaluate
 from dlr_hf.engine.loading import load_model
 from dlr_hf.engine.measurement import ADAPTER_BASE, LayerReading, Measurement
 from dlr_hf.engine.options import APP, CALLBACK, CLI, MeasurementOptions
-from dlr_hf.engine.report import MANY_SCHEMA, SCHEMA, EvaluationReport, check_writable, reading, write_atomic
+from dlr_hf.engine.report import MANY_SCHEMA, SCHEMA, EvaluationReport, Verdict, check_writable, reading, verdict, write_atomic
 from dlr_hf.engine.settings import looks_like_path, require_existing
 from dlr_hf.metric import DLRResult, parameter_snapshot
 from dlr_hf.models import HeadInfo
@@ -33,6 +33,7 @@ __all__ = [
     "LayerReading",
     "Measurement",
     "MeasurementOptions",
+    "Verdict",
     "check_writable",
     "demo",
     "detect_columns",
@@ -47,5 +48,6 @@ __all__ = [
     "reading",
     "require_existing",
     "subsample_indices",
+    "verdict",
     "write_atomic",
 ]

@@ -14,7 +14,8 @@ probe subset at every evaluation; ``every_n_steps`` measurements, between evalua
 the probe.
 
 The values are published as ``eval_dlr``, ``eval_dlr_rank``, ``eval_nc1``,
-``eval_effective_rank``, ``eval_s_init``, ``eval_param_norm`` and ``eval_param_change`` through
+``eval_effective_rank``, ``eval_s_init``, ``eval_param_norm``, ``eval_param_change`` and
+``eval_dlr_change`` (below) through
 ``trainer.log`` — the only way such keys reach ``log_history`` and every ``report_to``
 integration (keys added to ``metrics`` inside ``on_evaluate`` are lost, since the Trainer has
 logged them already). A dict of eval datasets gives ``eval_<name>_dlr`` …; step-based
@@ -31,16 +32,30 @@ takes part in the forward passes and the reductions; only the main process write
 history survives a resume (``ExportableState`` in ``trainer_state.json``), and the initial
 features and parameters are kept in ``output_dir`` for S_init after a resume.
 
+What tells rich from lazy is the change from initialisation (SPEC §5: lazy stays at its initial
+value), so the same step-0 pass also gives D_LR at initialisation (the initial model's features and
+outputs, its head at step 0; reduced over the processes like any measurement, no extra forward).
+Every measurement then publishes ``eval_dlr_change`` (D_LR minus that value, on the same examples)
+through ``trainer.log`` like the other values; the value at step 0 itself, a constant of the run, is
+not logged: it is ``eval_dlr_initial`` in ``callback.history`` / ``dlr_history.*`` and
+``callback.initial_dlr`` (``{"eval_dlr": 0.46}``, by the key it calibrates). It is kept in the
+step-0 reference file too, so a resumed run still reports the change (a reference written before it
+existed: the change is missing, with a warning). At train end ``callback.verdicts`` holds the
+engine's calibrated verdict (``dlr_hf.engine.verdict``: change, tolerance ±0.05, S_init) on the last
+measurement of each key, e.g. ``verdicts["eval_dlr"].label`` "rich" or "lazy"; the main process logs
+each as one ``logging`` INFO line.
+
 A measurement never stops training. When a value cannot be measured (non-finite features or
 weights of a diverging run, a probe of fewer than 2 examples, a lost or corrupted initial
-reference on resume, …) the callback logs a warning (``logging`` and ``callback.warnings``) and
-records the value as missing: **left out of** ``trainer.log`` (a gap in TensorBoard / W&B charts,
-no NaN in their summaries) and **NaN** in ``callback.history`` and ``dlr_history.*``, whose row then
-carries the reason under ``"warning"``. The processes first agree (one all-reduce of failure flags)
-on whether every one of them succeeded, so a local failure skips the measurement on all ranks
-instead of leaving the others waiting in a collective. S_init and ``param_change`` compare with the
-model at step 0 only: if its reference is lost, they stay missing for the rest of the run rather
-than being re-based on a resumed checkpoint. Wrong settings are not measurement failures: they
+reference on resume, a D_LR at step 0 that could not be measured, …) the callback logs a warning
+(``logging`` and ``callback.warnings``) and records the value as missing: **left out of**
+``trainer.log`` (a gap in TensorBoard / W&B charts, no NaN in their summaries) and **NaN** in
+``callback.history`` and ``dlr_history.*``, whose row then carries the reason under ``"warning"``.
+The processes first agree (one all-reduce of failure flags) on whether every one of them
+succeeded, so a local failure skips the measurement on all ranks instead of leaving the others
+waiting in a collective. S_init, ``param_change`` and ``dlr_change`` compare with the model at
+step 0 only: if its reference is lost, they stay missing for the rest of the run rather than being
+re-based on a resumed checkpoint. Wrong settings are not measurement failures: they
 raise ``InvalidArgumentError`` (constructor) or ``LayerNotFoundError`` (a bad ``layer=``, at train begin).
 """
 
@@ -68,7 +83,8 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
 
-from dlr_hf.engine import CALLBACK, DLRResult, HeadInfo, Measurement, MeasurementOptions, parameter_snapshot, subsample_indices
+from dlr_hf.engine import CALLBACK, DLRResult, HeadInfo, Measurement, MeasurementOptions, Verdict, parameter_snapshot, subsample_indices
+from dlr_hf.engine import verdict as engine_verdict
 from dlr_hf.engine import ADAPTER_BASE, is_adapter_model
 from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, TooFewSamplesError
 
@@ -80,6 +96,11 @@ EVAL, PROBE = "eval", "probe"
 MISSING = float("nan")
 """How the history records a value that could not be measured (it is left out of ``trainer.log``)."""
 
+CALIBRATION = ("dlr_initial", "dlr_change")
+"""D_LR at step 0 of the same examples, and D_LR minus it (what tells rich from lazy, SPEC §5)."""
+HISTORY_ONLY = ("dlr_initial",)
+"""Kept in the history rows but not logged: a constant of the run (also ``callback.initial_dlr``)."""
+
 MEASUREMENT_ERRORS = (DLRError, RuntimeError)
 """What a measurement may raise without stopping training: dlr-hf's own errors and torch's
 runtime errors (shape problems, out of memory) from the probe pass."""
@@ -89,10 +110,12 @@ _T = TypeVar("_T")
 
 @dataclass
 class _Probe:
-    """One fixed probe set: its batches (this rank's shard) and the initial model's features."""
+    """One fixed probe set: its batches (this rank's shard), the initial model's features and D_LR."""
 
     loader: DataLoader
     initial_features: list[torch.Tensor] | None = None
+    initial_dlr: float | None = None
+    """D_LR of the model at step 0 over this probe (None: unknown)."""
 
 
 @dataclass
@@ -196,7 +219,12 @@ class DLRCallback(TrainerCallback, ExportableState):
     Attributes:
         options: the measurement settings in force.
         history: one row per measurement (step, epoch, probe, values; NaN where a value is missing,
-            with the reason under ``"warning"``).
+            with the reason under ``"warning"``); with baselines, also ``dlr_initial`` (not logged)
+            and ``dlr_change`` under each prefix.
+        initial_dlr: D_LR of the model at step 0, by the key of the D_LR it calibrates
+            (``{"eval_dlr": 0.46}``); empty without baselines or before training.
+        verdicts: at train end, the engine's ``Verdict`` on the last measurement of each D_LR key
+            whose change is known (``{"eval_dlr": Verdict(label="rich", ...)}``).
         warnings: every warning this process's callback logged, in order.
 
     Raises:
@@ -223,6 +251,9 @@ class DLRCallback(TrainerCallback, ExportableState):
         self._probes: dict[str, _Probe] = {}
         self._evaluation_features: dict[str, list[torch.Tensor]] = {}  # by metric prefix: step-0 features
         self._evaluation_checksums: dict[str, list[float]] = {}  # by metric prefix: the step-0 pass's input sums
+        self._evaluation_dlr: dict[str, float] = {}  # by metric prefix: D_LR of the step-0 pass
+        self._last: dict[str, tuple[int, DLRResult, float, float | None]] = {}  # by key prefix: the last calibrated reading
+        self.verdicts: dict[str, Verdict] = {}
         self._rides: dict[str, _Ride] = {}  # by metric prefix: the evaluation pass just tapped
         self._head: HeadInfo | None = None
         self._initial_parameters: dict[str, torch.Tensor] | None = None
@@ -303,14 +334,21 @@ class DLRCallback(TrainerCallback, ExportableState):
             measurement, failure = ride.measurement, ride.failure
             self._head = measurement.head or self._head
         initial = self._evaluation_features.get(prefix) if self.options.baselines else None
-        other_examples = None
-        if initial is not None and ride is not None and not ride.same_examples(self._evaluation_checksums.get(prefix)):
-            other_examples = f"S_init: this evaluation's examples are not those {prefix!r} had at step 0"
+        dlr_initial = self._evaluation_dlr.get(prefix) if self.options.baselines else None
+        other_examples = change_problem = None
+        if ride is not None and not ride.same_examples(self._evaluation_checksums.get(prefix)):
+            unlike = f"this evaluation's examples are not those {prefix!r} had at step 0"
+            if initial is not None:
+                other_examples = f"S_init: {unlike}"
+            if dlr_initial is not None:
+                dlr_initial, change_problem = None, f"dlr_change: {unlike}"
         self._reduce_and_publish(
-            name, f"{prefix}_", measurement, failure is None, initial, [failure] if failure else [], other_examples
+            name, f"{prefix}_", measurement, failure is None, initial, [failure] if failure else [], other_examples,
+            dlr_initial=dlr_initial, change_problem=change_problem,
         )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._state_verdicts(state)
         if self.write_files and state.is_world_process_zero and self.history:
             try:
                 write_history(self.history, Path(args.output_dir), state.log_history)
@@ -321,21 +359,30 @@ class DLRCallback(TrainerCallback, ExportableState):
     def _measure_and_log(self, name: str, prefix: str) -> None:
         """Measure probe ``name`` in a pass of its own; publish what could be measured, the rest as missing."""
         problems: list[str] = []
-        initial = self._probe(name).initial_features if self.options.baselines else None
+        probe = self._probe(name)
+        initial = probe.initial_features if self.options.baselines else None
         measurement = self._measurement(initial_features=initial)
         ran = self._attempt(problems, "D_LR", lambda: self._run(measurement, name)) is not None
-        self._reduce_and_publish(name, prefix, measurement, ran, initial, problems)
+        self._reduce_and_publish(
+            name, prefix, measurement, ran, initial, problems, dlr_initial=probe.initial_dlr if self.options.baselines else None
+        )
 
     def _reduce_and_publish(
         self, name: str, prefix: str, measurement: Measurement, ran: bool, initial: list[torch.Tensor] | None,
-        problems: list[str], s_init_problem: str | None = None,
+        problems: list[str], s_init_problem: str | None = None, *, dlr_initial: float | None = None,
+        change_problem: str | None = None,
     ) -> None:
-        """Reduce this process's statistics of ``measurement`` with the others' and publish (collective)."""
+        """Reduce this process's statistics of ``measurement`` with the others' and publish (collective).
+
+        ``dlr_initial``: D_LR at step 0 of the same examples, for ``dlr_change`` (None: unknown, for
+        ``change_problem`` or, by default, because it was never measured or is lost).
+        """
         values: dict[str, float] = {}
         s_init_problem = s_init_problem or measurement.s_init_problem
         paired = ran and initial is not None and s_init_problem is None
         # Decide together before any data collective: a rank that failed alone would leave the others waiting.
-        dlr_everywhere, paired_everywhere = measurement.agree(ran, paired)
+        # (``dlr_initial`` too: each rank reads its own reference file, so one may have lost it alone.)
+        dlr_everywhere, paired_everywhere, calibrated_everywhere = measurement.agree(ran, paired, dlr_initial is not None)
         result: DLRResult | None = None
         if dlr_everywhere:
             result = self._attempt(problems, "D_LR", lambda: self._reduce_and_compute(measurement))
@@ -356,6 +403,16 @@ class DLRCallback(TrainerCallback, ExportableState):
                 problems.append(f"S_init: no initial features of {name!r}")
             elif ran:
                 problems.append(s_init_problem or "S_init: another process could not measure it (see that process's log)")
+            if calibrated_everywhere:
+                values["dlr_initial"] = dlr_initial
+                if result is not None and math.isfinite(result.dlr):
+                    values["dlr_change"] = result.dlr - dlr_initial
+            elif result is not None:  # (no D_LR: its own problem says why, and so why no change)
+                problems.append(
+                    change_problem or (f"dlr_change: no D_LR at step 0 of {name!r}" if dlr_initial is None
+                                       else "dlr_change: another process has no D_LR at step 0 (see that process's log)")
+                )
+            self._remember(prefix, result if "dlr_change" in values else None, dlr_initial, values.get("s_init"))
         if result is not None and self.options.layers is not None:
             values.update(self._profile(measurement, problems, with_s_init="s_init" in values))
         problems += [f"{key} is not finite ({value})" for key, value in values.items() if not math.isfinite(value)]
@@ -385,12 +442,13 @@ class DLRCallback(TrainerCallback, ExportableState):
         trainer = self.trainer
         expected = ["dlr", "dlr_rank", "effective_rank"]
         if self.options.baselines:
-            expected += ["param_norm", "param_change", "s_init"] if self._has_reference else ["param_norm"]
+            expected += ["param_norm", "param_change", "s_init", *CALIBRATION] if self._has_reference else ["param_norm"]
         keys = list(dict.fromkeys(expected + self._keys.get(name, []) + list(values)))
         if not problems:
             self._keys[name] = list(values)
         row = {f"{prefix}{key}": _finite_or_missing(values.get(key, MISSING)) for key in keys}
-        logs = {key: value for key, value in row.items() if not math.isnan(value)}
+        history_only = {f"{prefix}{key}" for key in HISTORY_ONLY}
+        logs = {key: value for key, value in row.items() if not math.isnan(value) and key not in history_only}
         if degenerate:
             row[f"{prefix}dlr_degenerate"] = logs[f"{prefix}dlr_degenerate"] = 1.0
         step = trainer.state.global_step
@@ -403,6 +461,37 @@ class DLRCallback(TrainerCallback, ExportableState):
         self.history.append({"step": step, "epoch": trainer.state.epoch, "probe": name, **row})
         if logs:
             trainer.log(dict(logs))
+
+    def _remember(self, prefix: str, result: DLRResult | None, dlr_initial: float | None, s_init: float | None) -> None:
+        """The latest reading under ``prefix`` for the verdict at train end (``result`` None: its change is missing)."""
+        if result is None:
+            self._last.pop(prefix, None)  # no verdict on an earlier reading than the last
+        else:
+            self._last[prefix] = (self.trainer.state.global_step, result, dlr_initial, s_init)
+
+    def _state_verdicts(self, state: TrainerState) -> None:
+        """The engine's verdict on the last measurement of each D_LR key whose change is known (``verdicts``);
+        the main process logs each in one line."""
+        self.verdicts = {}
+        for prefix, (step, result, dlr_initial, s_init) in self._last.items():
+            key = f"{prefix}dlr"
+            self.verdicts[key] = engine_verdict(result, dlr_initial, s_init)
+            if state.is_world_process_zero:
+                log.info("DLRCallback, %s at step %d: %s", key, step, self.verdicts[key].text)
+
+    @property
+    def initial_dlr(self) -> dict[str, float]:
+        """D_LR of the model at step 0 by the key of the D_LR it calibrates (``{"eval_dlr": 0.46}``), as
+        recorded at train begin or read back from the step-0 reference on resume; unknown ones left out."""
+        values = {f"{prefix}_dlr": value for prefix, value in self._evaluation_dlr.items()}
+        for name, probe in self._probes.items():
+            if probe.initial_dlr is None:
+                continue
+            if self.source == PROBE:
+                values["eval_dlr" if name == "eval" else f"eval_{name}_dlr"] = probe.initial_dlr
+            if self.every_n_steps is not None:
+                values["dlr" if name == "eval" else f"{name}_dlr"] = probe.initial_dlr
+        return values
 
     def _measurement(self, **kwargs: Any) -> Measurement:
         trainer = self.trainer
@@ -483,8 +572,8 @@ class DLRCallback(TrainerCallback, ExportableState):
         evaluation_loop.dlr_callback = self
         trainer.evaluation_loop = evaluation_loop
 
-    def _ride(self, loader: DataLoader, *, initial: list[torch.Tensor] | None = None, record_features: bool = False) -> _Ride:
-        measurement = self._measurement(initial_features=initial, record_features=record_features)
+    def _ride(self, loader: DataLoader, *, initial: list[torch.Tensor] | None = None) -> _Ride:
+        measurement = self._measurement(initial_features=initial)
         return _Ride(measurement, loader, self.trainer.accelerator)
 
     @contextmanager
@@ -500,11 +589,12 @@ class DLRCallback(TrainerCallback, ExportableState):
                 ride.fail(error)
             yield ride
 
-    def _record_evaluation(self, name: str) -> list[torch.Tensor]:
-        """The initial model's features over eval set ``name``: one pass in the Trainer's evaluation order."""
+    def _record_evaluation(self, name: str, measurement: Measurement) -> list[torch.Tensor]:
+        """The initial model's features over eval set ``name``: one pass in the Trainer's evaluation order,
+        feeding ``measurement`` (not reduced: no collective)."""
         trainer = self.trainer
         loader = trainer.get_eval_dataloader(name if isinstance(trainer.eval_dataset, dict) else None)
-        ride = self._ride(loader, record_features=True)
+        ride = _Ride(measurement, loader, trainer.accelerator)
         model = trainer.model
         accelerator = trainer.accelerator
         autocast = accelerator.autocast() if accelerator.mixed_precision != "no" else nullcontext()
@@ -522,23 +612,36 @@ class DLRCallback(TrainerCallback, ExportableState):
         self._evaluation_checksums[self._evaluation_prefix(name)] = torch.stack(ride.checksums).tolist()
         return ride.measurement.recorded_features()
 
-    # -- the initial reference (θ0 and its probe features, for S_init and param_change) ----------
+    # -- the initial reference (θ0, its features and D_LR, for S_init, param_change and dlr_change) --
     def _record_reference(self, names: list[str], reference: Path) -> None:
-        """Snapshot the model at step 0 and its features on the measured examples; keep them in ``output_dir``."""
+        """Snapshot the model at step 0, its features and D_LR on the measured examples; keep them in ``output_dir``.
+
+        Collective: every rank records, then all compute D_LR at step 0 together (or all skip it).
+        """
         self._initial_parameters = parameter_snapshot(self.trainer.model)
         for name in names:
             if self.source == EVAL and self.trainer.eval_dataset is not None:
-                features = self._record(f"evaluation set {name!r}", lambda: self._record_evaluation(name))
-                if features is not None:
-                    self._evaluation_features[self._evaluation_prefix(name)] = features
-            if self._uses_probes:
+                what, prefix = f"evaluation set {name!r}", self._evaluation_prefix(name)
                 recorder = self._measurement(record_features=True)
-                if self._record(f"probe {name!r}", lambda: self._run(recorder, name)) is not None:
+                features = self._record(what, lambda: self._record_evaluation(name, recorder))
+                if features is not None:
+                    self._evaluation_features[prefix] = features
+                dlr = self._initial_dlr(what, recorder, features is not None)
+                if dlr is not None:
+                    self._evaluation_dlr[prefix] = dlr
+            if self._uses_probes:
+                what = f"probe {name!r}"
+                recorder = self._measurement(record_features=True)
+                recorded = self._record(what, lambda: self._run(recorder, name)) is not None
+                if recorded:
                     self._probe(name).initial_features = recorder.recorded_features()
+                self._probe(name).initial_dlr = self._initial_dlr(what, recorder, recorded)
         features = {name: probe.initial_features for name, probe in self._probes.items() if probe.initial_features}
+        probe_dlr = {name: probe.initial_dlr for name, probe in self._probes.items() if probe.initial_dlr is not None}
         saved = {
             "parameters": self._initial_parameters, "features": features,
             "evaluation_features": self._evaluation_features, "evaluation_checksums": self._evaluation_checksums,
+            "evaluation_dlr": self._evaluation_dlr, "probe_dlr": probe_dlr,
         }
         try:
             reference.parent.mkdir(parents=True, exist_ok=True)
@@ -571,14 +674,49 @@ class DLRCallback(TrainerCallback, ExportableState):
                 self._probes[name].initial_features = features
         self._evaluation_features = dict(saved.get("evaluation_features", {}))
         self._evaluation_checksums = dict(saved.get("evaluation_checksums", {}))
+        if "evaluation_dlr" not in saved:
+            self._warn(
+                f"DLRCallback: the initial reference {reference} holds no D_LR at step 0 (written by an older "
+                "dlr-hf); dlr_change is reported missing for the rest of this run"
+            )
+        self._evaluation_dlr = _floats(saved.get("evaluation_dlr"))
+        for name, value in _floats(saved.get("probe_dlr")).items():
+            if name in self._probes:
+                self._probes[name].initial_dlr = value
 
     def _record(self, what: str, action: Callable[[], _T]) -> _T | None:
         """``action()`` recording initial features, or None with a warning that S_init will be missing."""
         problems: list[str] = []
         recorded = self._attempt(problems, "initial features", action)
         if recorded is None:
-            self._warn(f"DLRCallback could not record {what} at step 0 ({'; '.join(problems)}); S_init will be missing for this run")
+            self._warn(
+                f"DLRCallback could not record {what} at step 0 ({'; '.join(problems)}); S_init and dlr_change "
+                "will be missing for this run"
+            )
         return recorded
+
+    def _initial_dlr(self, what: str, recorder: Measurement, recorded: bool) -> float | None:
+        """D_LR of the model at step 0 from the pass that recorded its features (collective: every rank
+        calls it, in the same order), or None with a warning that dlr_change will be missing."""
+        problems: list[str] = []
+        (everywhere,) = recorder.agree(recorded)  # before the reduction: a rank that failed alone would hang it
+        if not everywhere:
+            if recorded:  # (a rank that failed has warned already)
+                self._warn(
+                    f"DLRCallback: another process could not record {what} at step 0 (see that process's log); "
+                    "dlr_change will be missing for this run"
+                )
+            return None
+        result = self._attempt(problems, "D_LR at step 0", lambda: self._reduce_and_compute(recorder))
+        if result is not None and not math.isfinite(result.dlr):
+            problems.append(f"D_LR at step 0 is not finite ({result.dlr})")
+        if problems:
+            self._warn(
+                f"DLRCallback could not measure D_LR of {what} at step 0 ({'; '.join(problems)}); dlr_change "
+                "will be missing for this run"
+            )
+            return None
+        return result.dlr
 
     # -- probes --------------------------------------------------------------------------------
     @property
@@ -712,6 +850,16 @@ def _check_layer(model: nn.Module, layer: str) -> None:
 
 def _is_reference(saved: Any) -> bool:
     return isinstance(saved, dict) and isinstance(saved.get("parameters"), dict) and isinstance(saved.get("features"), dict)
+
+
+def _floats(saved: Any) -> dict[str, float]:
+    """The finite numbers of a saved ``{name: D_LR}`` (anything else left out: unknown)."""
+    if not isinstance(saved, dict):
+        return {}
+    return {
+        name: float(value) for name, value in saved.items()
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def _finite_or_missing(value: float) -> float:

@@ -1,12 +1,14 @@
 """DLRCallback in a real Trainer: logged values, agreement with evaluate(), resume, integrations.
 
 The references are ``dlr_hf.evaluate`` on the checkpoint the Trainer saved at the measured step, over
-the same examples, with the initial model (``tiny_vit()``, seeded) as the S_init reference.
+the same examples, with the initial model (``tiny_vit()``, seeded) as the S_init reference; D_LR at
+initialisation is ``dlr_hf.evaluate`` of that initial model alone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import pytest
 from transformers import TrainerCallback
 
 from dlr_hf import DLRCallback, evaluate
-from dlr_hf.engine.demo import digits_dataset, tiny_vit
+from dlr_hf.engine.demo import digits_dataset, image_processor, tiny_vit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from training import EVAL_SIZE, free_port, make_trainer  # noqa: E402
@@ -30,6 +32,20 @@ def reference(checkpoint: Path, size: int | None = None, **settings):
     data = test if size is None else test.select(range(size))
     settings = {"num_samples": None, "batch_size": EVAL_BATCH, "reference_model": tiny_vit(), **settings}
     return evaluate(str(checkpoint), data, progress=False, **settings)
+
+
+def initial(size: int | None = None, **settings):
+    """evaluate() of the model at step 0 (``tiny_vit()``: the seeded copy every run here starts from) over
+    the first ``size`` test examples: D_LR at initialisation, measured independently of any callback."""
+    test = digits_dataset()["test"]
+    data = test if size is None else test.select(range(size))
+    settings = {"num_samples": None, "batch_size": EVAL_BATCH, "baselines": False, **settings}
+    return evaluate(tiny_vit(), data, processor=image_processor(), progress=False, **settings)
+
+
+def callback_of(trainer) -> DLRCallback:
+    (callback,) = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, DLRCallback)]
+    return callback
 
 
 def assert_matches(logged: dict, prefix: str, report) -> None:
@@ -85,6 +101,30 @@ class CountEvalForwards(TrainerCallback):
         self.forwards += not module.training
 
 
+def test_change_from_initialisation_equals_an_independent_evaluation(trained):
+    """eval_dlr_change = eval_dlr − D_LR of the step-0 model on the same 360 examples; the constant
+    eval_dlr_initial is in the history (and callback.initial_dlr), not in the logs."""
+    trainer, output = trained
+    callback = callback_of(trainer)
+    start = initial()
+    assert start.result.num_samples == 360
+    logged = entries(trainer.state.log_history, "eval_dlr")
+    for row in logged:
+        assert row["eval_dlr_change"] == pytest.approx(row["eval_dlr"] - start.dlr, abs=1e-8)
+        assert "eval_dlr_initial" not in row
+    assert callback.initial_dlr == {"eval_dlr": pytest.approx(start.dlr, abs=1e-8)}
+    history = json.loads((output / "dlr_history.json").read_text())
+    for row, published in zip(history, logged):
+        assert row["eval_dlr_initial"] == pytest.approx(start.dlr, abs=1e-8)
+        assert row["eval_dlr_change"] == published["eval_dlr_change"]
+    # The engine's verdict on the last measurement, calibrated by that change and S_init.
+    verdict = callback.verdicts["eval_dlr"]
+    assert verdict.basis == "change from initialisation"
+    assert (verdict.dlr, verdict.change, verdict.s_init) == (
+        logged[-1]["eval_dlr"], pytest.approx(logged[-1]["eval_dlr_change"], abs=1e-12), logged[-1]["eval_s_init"]
+    )
+
+
 @pytest.mark.parametrize("prediction_loss_only", [False, True])
 def test_rides_on_the_evaluation_and_counts_every_example_once(tmp_path, prediction_loss_only):
     """301 examples in batches of 64: a last batch of 45; no forward besides the Trainer's evaluations
@@ -133,7 +173,8 @@ def test_value_reaches_tensorboard(trained):
 
 
 def test_resume_keeps_earlier_history(tmp_path):
-    first = make_trainer(tmp_path, max_steps=20)
+    first_callback = DLRCallback()
+    first = make_trainer(tmp_path, max_steps=20, callback=first_callback)
     first.train()
     resumed_callback = DLRCallback()
     second = make_trainer(tmp_path, max_steps=30, callback=resumed_callback)
@@ -141,6 +182,13 @@ def test_resume_keeps_earlier_history(tmp_path):
     assert [row["step"] for row in resumed_callback.history] == [10, 20, 30]
     assert [row["step"] for row in entries(second.state.log_history, "eval_dlr")] == [10, 20, 30]
     assert "eval_s_init" in resumed_callback.history[-1]
+    # D_LR at step 0 comes back from the reference file: the change after the resume is still from step 0.
+    assert set(first_callback.initial_dlr) == {"eval_dlr"}
+    assert resumed_callback.initial_dlr == first_callback.initial_dlr
+    last = entries(second.state.log_history, "eval_dlr")[-1]
+    assert last["eval_dlr_change"] == pytest.approx(last["eval_dlr"] - first_callback.initial_dlr["eval_dlr"], abs=1e-12)
+    assert resumed_callback.history[-1]["eval_dlr_initial"] == first_callback.initial_dlr["eval_dlr"]
+    assert not resumed_callback.warnings
 
 
 def test_dict_of_eval_datasets_and_step_measurements(tmp_path):
@@ -159,6 +207,13 @@ def test_dict_of_eval_datasets_and_step_measurements(tmp_path):
     probe = reference(checkpoint, num_samples=64, seed=0)
     assert probe.result.num_samples == 64
     assert_matches(entries(history, "digits_dlr")[-1], "digits_", probe)
+    # D_LR at step 0 of each eval set and each probe, under the key it calibrates.
+    assert set(callback.initial_dlr) == {"eval_digits_dlr", "eval_head_dlr", "digits_dlr", "head_dlr"}
+    for prefix, start in [("eval_head_", initial(EVAL_SIZE)), ("digits_", initial(num_samples=64, seed=0))]:
+        assert callback.initial_dlr[f"{prefix}dlr"] == pytest.approx(start.dlr, abs=1e-8)
+        row = entries(history, f"{prefix}dlr")[-1]
+        assert row[f"{prefix}dlr_change"] == pytest.approx(row[f"{prefix}dlr"] - start.dlr, abs=1e-8)
+    assert set(callback.verdicts) == set(callback.initial_dlr)
 
 
 def test_profile_across_depth_at_every_evaluation(tmp_path):
@@ -173,7 +228,8 @@ def test_profile_across_depth_at_every_evaluation(tmp_path):
     assert_matches(logged, "eval_", report)
 
 
-def test_probe_source_measures_its_own_subsample(tmp_path):
+def test_probe_source_measures_its_own_subsample(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dlr_hf.surfaces.callback")
     callback = DLRCallback(source="probe", num_samples=100)
     trainer = make_trainer(tmp_path, max_steps=5, eval_steps=5, callback=callback)
     trainer.train()
@@ -181,6 +237,14 @@ def test_probe_source_measures_its_own_subsample(tmp_path):
     report = reference(tmp_path / "checkpoint-5", num_samples=100, seed=0)
     assert report.result.num_samples == 100
     assert_matches(logged, "eval_", report)
+    start = initial(num_samples=100, seed=0)
+    assert logged["eval_dlr_change"] == pytest.approx(logged["eval_dlr"] - start.dlr, abs=1e-8)
+    assert callback.initial_dlr == {"eval_dlr": pytest.approx(start.dlr, abs=1e-8)}
+    # At train end one INFO line per key states the engine's verdict on the last measurement.
+    text = callback.verdicts["eval_dlr"].text
+    assert f"{start.dlr:.2f}" in text and f"{logged['eval_dlr']:.2f}" in text
+    lines = [r.getMessage() for r in caplog.records if r.name == "dlr_hf.surfaces.callback" and r.levelno == logging.INFO]
+    assert lines == [f"DLRCallback, eval_dlr at step 5: {text}"]
 
 
 @pytest.mark.multiprocess
@@ -202,5 +266,12 @@ def test_two_processes_count_every_example_once(tmp_path):
     for row in logged:
         assert_matches(row, "eval_", reference(tmp_path / f"checkpoint-{row['step']}", EVAL_SIZE))
     assert len(json.loads((tmp_path / "dlr_history.json").read_text())) == 2
-    for rank in (0, 1):
-        assert not json.loads((tmp_path / f"callback_rank{rank}.json").read_text())["warnings"]
+    ranks = [json.loads((tmp_path / f"callback_rank{rank}.json").read_text()) for rank in (0, 1)]
+    for record in ranks:
+        assert not record["warnings"]
+    # D_LR at step 0 reduced over both processes: every rank has the same change, one process's evaluate().
+    start = initial(EVAL_SIZE)
+    changes = [[row["eval_dlr_change"] for row in record["history"]] for record in ranks]
+    assert changes[0] == changes[1] == [row["eval_dlr_change"] for row in logged]
+    for row in logged:
+        assert row["eval_dlr_change"] == pytest.approx(row["eval_dlr"] - start.dlr, abs=1e-8)

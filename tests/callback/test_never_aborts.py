@@ -123,6 +123,9 @@ def test_probe_smaller_than_two_trains_to_the_end(tmp_path, caplog, size):
     assert row_at(callback, 10)["eval_param_change"] > 0
     assert {"eval_param_norm", "eval_param_change"} <= logged_keys(trainer, 10)
     assert [m for m in warnings_of(caplog) if "step 10" in m and "TooFewSamplesError" in m]
+    # No D_LR at step 0 either (0: nothing to record; 1: recorded, too few to measure): no change, no crash.
+    assert not callback.initial_dlr and math.isnan(row_at(callback, 10)["eval_dlr_change"])
+    assert [m for m in warnings_of(caplog) if "at step 0" in m and "TooFewSamplesError" in m and "dlr_change" in m]
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +181,32 @@ def test_resume_with_callbacks_restored_by_the_trainer(run_to_step_10, tmp_path,
     assert [row["step"] for row in callback.history] == [5, 10, 15]
     assert 0 < row_at(callback, 15)["eval_s_init"] <= 1  # the intact step-0 reference is used
     assert row_at(callback, 15)["eval_param_change"] > 0
+    assert "eval_dlr_change" in logged_keys(trainer, 15)  # D_LR at step 0 read back from the reference
+    assert row_at(callback, 15)["eval_dlr_initial"] == row_at(callback, 5)["eval_dlr_initial"]
     assert not warnings_of(caplog)
+
+
+def test_reference_without_initial_dlr_leaves_the_change_missing(run_to_step_10, tmp_path, caplog):
+    """A step-0 reference written before D_LR at initialisation was kept: S_init and param_change as
+    before, dlr_change missing with a warning, and the run trains to the end."""
+    output = tmp_path / "run"
+    shutil.copytree(run_to_step_10, output)
+    reference = output / REFERENCE_FILE.format(rank=0)
+    saved = torch.load(reference, weights_only=True)
+    assert set(saved.pop("evaluation_dlr")) == {"eval"}
+    del saved["probe_dlr"]
+    torch.save(saved, reference)
+    callback = DLRCallback(num_samples=64)
+    trainer = make_trainer(output, max_steps=15, eval_steps=5, callback=callback)
+    trainer.train(resume_from_checkpoint=str(output / "checkpoint-10"))
+    assert trainer.state.global_step == 15
+    assert math.isfinite(row_at(callback, 10)["eval_dlr_change"])  # from before the resume
+    assert_missing(callback, trainer, 15, ("dlr_change", "dlr_initial"))
+    assert "dlr_change: no D_LR at step 0 of 'eval'" in row_at(callback, 15)["warning"]
+    assert 0 < row_at(callback, 15)["eval_s_init"] <= 1 and row_at(callback, 15)["eval_param_change"] > 0
+    assert {"eval_dlr", "eval_s_init"} <= logged_keys(trainer, 15)
+    assert not callback.initial_dlr and not callback.verdicts
+    assert [m for m in warnings_of(caplog) if str(reference) in m and "holds no D_LR at step 0" in m]
 
 
 def test_resume_of_a_run_without_the_callback(tmp_path, caplog):
@@ -213,8 +241,11 @@ def test_one_rank_failing_alone_skips_on_every_rank(tmp_path):
         assert record["global_step"] == 10
         assert [row["step"] for row in record["history"]] == [5, 10]
         assert all(math.isnan(row["eval_dlr"]) and math.isnan(row["eval_s_init"]) for row in record["history"])
+        assert all(math.isnan(row["eval_dlr_change"]) for row in record["history"])
     assert any("no example of probe" in m for m in ranks[1]["warnings"])
     assert any("another process could not measure" in m for m in ranks[0]["warnings"])
+    # D_LR at step 0 too: rank 0 recorded its example, but skips the reduction rank 1 cannot join.
+    assert any("another process could not record probe 'eval' at step 0" in m for m in ranks[0]["warnings"])
     logged = json.loads((tmp_path / "log_history.json").read_text())["log_history"]
     assert not [row for row in logged if "eval_dlr" in row or "eval_s_init" in row]
 
@@ -227,7 +258,9 @@ def test_other_examples_under_the_same_prefix_leave_s_init_missing(tmp_path, cap
     trainer.evaluate(eval_dataset=with_pixels(digits_dataset()["test"].select(range(59, 360)), image_processor()))
     first, other = callback.history
     assert 0 < first["eval_s_init"] <= 1 and "warning" not in first
-    assert math.isnan(other["eval_s_init"]) and "not those 'eval' had at step 0" in other["warning"]
+    assert math.isnan(other["eval_s_init"]) and "S_init: this evaluation's examples are not those 'eval'" in other["warning"]
+    assert math.isfinite(first["eval_dlr_change"])
+    assert math.isnan(other["eval_dlr_change"]) and "dlr_change: this evaluation's examples are not" in other["warning"]
     assert 0 <= other["eval_dlr"] <= 1
     assert "eval_s_init" not in trainer.state.log_history[-1] and "eval_dlr" in trainer.state.log_history[-1]
 
@@ -240,4 +273,5 @@ def test_evaluate_before_training_has_no_reference_and_no_warning(tmp_path, capl
     (row,) = callback.history
     assert 0 <= row["eval_dlr"] <= 1 and row["eval_param_norm"] > 0
     assert "eval_s_init" not in row and "eval_param_change" not in row and "warning" not in row
+    assert "eval_dlr_change" not in row and "eval_dlr_initial" not in row
     assert not warnings_of(caplog) and not callback.warnings
