@@ -64,6 +64,7 @@ from dlr_hf.surfaces.plots import (
     profile_plotly,
     runs_figure,
     runs_plotly,
+    save_figure,
     visualisation_figure,
     visualisation_plotly,
 )
@@ -499,7 +500,7 @@ class DLRApp:
         path = self.downloads / f"dlr-report-{_slug(_short(report.model.get('id') or 'model'))}-{digest}.json"
         write_atomic(path, report.to_json() + "\n")
         title = f"{label} on {_short(str(report.dataset.get('id')))} [{report.dataset.get('split')}] · {report.site}"
-        png = _write_png(visualisation_figure([report.result], [label], title=title), path.with_suffix(".png"))
+        png = save_figure(visualisation_figure([report.result], [label], title=title), path.with_suffix(".png"))
         return visualisation_plotly([report.result], [label]), [str(path), str(png)]
 
     # -- Compare tab ---------------------------------------------------------------------------
@@ -594,7 +595,7 @@ class DLRApp:
             keys = [outcome.key.digest if outcome.key else entry.label for entry, outcome in zip(entries, outcomes)]
             path = self.downloads / f"dlr-compare-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}.json"
             write_atomic(path, json.dumps({"schema": MANY_SCHEMA, "reports": documents}, indent=2, allow_nan=True) + "\n")
-            png = _write_png(runs_figure(runs, *axis), path.with_suffix(".png"))
+            png = save_figure(runs_figure(runs, *axis), path.with_suffix(".png"))
             labels = [f"{run_names[entry.run]}/{entry.label}" if entry.label != run_names[entry.run] else entry.label
                       for entry in entries]
             spectra = visualisation_plotly([outcome.report.result for outcome in outcomes], labels)
@@ -640,7 +641,7 @@ class DLRApp:
             path = self.downloads / f"dlr-layers-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}.json"
             documents = [{"checkpoint": entry.label, **report.to_dict()} for entry, report in zip(entries, reports)]
             write_atomic(path, json.dumps({"schema": MANY_SCHEMA, "reports": documents}, indent=2, allow_nan=True) + "\n")
-            png = _write_png(profile_figure(*profile), path.with_suffix(".png"))
+            png = save_figure(profile_figure(*profile), path.with_suffix(".png"))
             summary = (f"**{len(reports[0].layers)} layers of {len(entries)} model{'s' if len(entries) != 1 else ''}** "
                        f"({_text(layers, 'layers')}), each layer's features against the final logits · ★ = the final head")
             return summary, profile_plotly(*profile), table, [str(path), str(png)], self.history_view()
@@ -804,20 +805,6 @@ def _unique_names(keys: list[str]) -> dict[str, str]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "model"
-
-
-def _write_png(figure, path: Path) -> Path:
-    """The PNG export of an interactive plot: its matplotlib twin, written whole, then released."""
-    write_atomic(path, lambda stream: figure.savefig(stream, format="png", dpi=120))
-    _release(figure)
-    return path
-
-
-def _release(figure) -> None:
-    """Detach a figure from pyplot's registry (Gradio renders it later; pyplot must not keep it)."""
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

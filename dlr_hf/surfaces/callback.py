@@ -879,7 +879,7 @@ def _calling_trainer() -> Trainer | None:
 
 def write_history(history: list[dict[str, Any]], output_dir: Path, log_history: list[dict[str, Any]]) -> None:
     """``dlr_history.json``, ``dlr_history.csv`` and ``dlr_trajectory.png`` (D_LR beside accuracy)."""
-    from dlr_hf.surfaces.plots import trajectory_figure
+    from dlr_hf.surfaces.plots import save_figure, trajectory_figure
 
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "dlr_history.json").write_text(json.dumps(history, indent=2) + "\n")
@@ -895,5 +895,4 @@ def write_history(history: list[dict[str, Any]], output_dir: Path, log_history: 
     eval_accuracy = {row["step"]: row["eval_accuracy"] for row in log_history if "eval_accuracy" in row}
     if eval_accuracy:
         series["eval_accuracy"] = [eval_accuracy.get(step) for step in steps]
-    figure = trajectory_figure(steps, series)
-    figure.savefig(output_dir / "dlr_trajectory.png", dpi=110)
+    save_figure(trajectory_figure(steps, series), output_dir / "dlr_trajectory.png")

@@ -223,7 +223,7 @@ def profile_plot_path(plot: Path) -> Path:
 
 def _write_plots(plot: Path, reports: list[tuple[str, Any]]) -> None:
     """The SPEC §3 visualisations at ``plot``; with a profile, D_LR across depth (every model overlaid) beside it."""
-    from dlr_hf.surfaces.plots import profile_figure, visualisation_figure
+    from dlr_hf.surfaces.plots import profile_figure, save_figure, visualisation_figure
 
     labels = [label for label, _ in reports]
     figures = [(plot, visualisation_figure([r.result for _, r in reports], labels, plot_title([r for _, r in reports])))]
@@ -231,9 +231,8 @@ def _write_plots(plot: Path, reports: list[tuple[str, Any]]) -> None:
         title = plot_title([r for _, r in reports], across_depth=True)
         profile = profile_figure([r.layers for _, r in reports], labels, [r.dlr for _, r in reports], title)
         figures.append((profile_plot_path(plot), profile))
-    file_format = plot.suffix.lower().lstrip(".")
     for path, figure in figures:
-        write_atomic(path, lambda stream, figure=figure: figure.savefig(stream, format=file_format, dpi=110))
+        save_figure(figure, path)
         print(f"plot written to {path}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from dlr_hf.engine import DLRResult
+from dlr_hf.engine import DLRResult, write_atomic
 
 
 def visualisation_figure(results: Sequence[DLRResult], labels: Sequence[str], title: str | None = None) -> Figure:
@@ -54,6 +55,18 @@ def visualisation_figure(results: Sequence[DLRResult], labels: Sequence[str], ti
     pi.set_ylim(-0.02, 1.02)
     spectrum.legend(fontsize=8)
     return figure
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``figure`` (format from the suffix) whole or not at all, then release it from pyplot's registry
+    (a long-lived app or training run must not keep every figure it ever drew)."""
+    path = Path(path)
+    file_format = path.suffix.lower().lstrip(".") or "png"
+    try:
+        write_atomic(path, lambda stream: figure.savefig(stream, format=file_format, dpi=dpi))
+    finally:
+        plt.close(figure)
+    return path
 
 
 def trajectory_figure(steps: Sequence[float], series: dict[str, Sequence[float | None]], xlabel: str = "step") -> Figure:
