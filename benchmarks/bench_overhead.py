@@ -1,6 +1,6 @@
 """The evaluator against a bare forward loop over the same model, batches and batch size, in one run.
 
-    python benchmarks/bench_overhead.py          # writes benchmarks/results/overhead.md (~10 min)
+    python benchmarks/bench_overhead.py          # writes benchmarks/results/overhead.md (~7 min on an idle machine)
 
 Two workloads, both on synthetic sentences (8–40 words), batch 32:
 
@@ -175,12 +175,13 @@ def measure(work: Workload, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--examples", type=int, default=256, help="synthetic sentences for MiniLM")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--examples", type=int, default=512, help="synthetic sentences for MiniLM")
     parser.add_argument("--base-examples", type=int, default=96, help="synthetic sentences for the BERT-base model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
 
     rows = []
@@ -197,7 +198,8 @@ def main() -> None:
     lines = [
         "# Overhead benchmark: evaluate() and a per-layer profile vs a bare forward loop",
         "",
-        f"Command: `python benchmarks/bench_overhead.py --repeats {args.repeats} --threads {args.threads}` · "
+        f"Command: `python benchmarks/bench_overhead.py --repeats {args.repeats} --examples {args.examples} "
+        f"--base-examples {args.base_examples} --threads {args.threads}` · "
         f"{platform.machine()}, {os.cpu_count()} logical cores shared with other jobs, {args.threads} torch thread(s), "
         f"torch {torch.__version__}, transformers {tf.__version__} · ratios of CPU seconds, medians of {args.repeats} "
         "interleaved repeats (range in brackets), one run; seconds columns are wall time.",
@@ -241,8 +243,10 @@ def main() -> None:
         f"Targets: profile ≤ 1.10× — worst **{worst_profile:.3f}×** ({'met' if worst_profile <= 1.10 else 'NOT met'}); "
         f"whole evaluate() ≤ 1.03× — worst **{worst_total:.3f}×** ({'met' if worst_total <= 1.03 else 'NOT met'}).",
         "",
-        "The 2 logical cores are shared with other jobs (load 5–8 during this run), so even CPU time wanders by "
-        "several per cent (a job on the sibling hyperthread slows every instruction); the range shows the spread. *Statistics alone*: the samples one head-only stream produced, "
+        f"The 2 logical cores may be shared with other jobs (1-minute load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end; this run alone adds 1), so even CPU time wanders by several per cent "
+        "(a job on the sibling hyperthread slows every instruction); the range shows the spread. *Statistics alone*: "
+        "the samples one head-only stream produced, "
         "replayed through a fresh `DLRAccumulator` with no forward — the engine's own arithmetic per pass.",
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)
