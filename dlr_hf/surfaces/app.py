@@ -899,6 +899,19 @@ they stay spread over directions the head hardly reads (*lazy*). It uses no labe
 independently of accuracy. Enter a Hub model or a local checkpoint, or click a demo example."""
 
 
+def _data_inputs(tab: str, defaults: list[Any], example: dict[str, Any]) -> tuple[gr.components.Component, ...]:
+    """The inputs every multi-checkpoint tab shares, in its column: dataset, config, split, then number of
+    samples, batch size and seed (the demo example's values, ``compare-num_samples``-style element ids)."""
+    dataset = gr.Textbox(label="Dataset", value=defaults[2])
+    with gr.Row():
+        config = gr.Textbox(label="Config", placeholder="default")
+        split = gr.Textbox(label="Split", value=defaults[4], placeholder="test")
+    with gr.Row():
+        samples, batch, seed = (_option_input(name, example.get(name), elem_id=f"{tab}-{name}")
+                                for name in ("num_samples", "batch_size", "seed"))
+    return dataset, config, split, samples, batch, seed
+
+
 def build_demo(app: DLRApp | None = None) -> gr.Blocks:
     """The Blocks app, queue configured; serve it with ``demo.launch(**launch_options())``."""
     app = app or DLRApp()
@@ -968,15 +981,7 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                             info="a training output folder (a run) is expanded into its checkpoint-* folders, in step order; "
                                  "each run is one line of the plot",
                         )
-                        c_dataset = gr.Textbox(label="Dataset", value=defaults[2])
-                        with gr.Row():
-                            c_config = gr.Textbox(label="Config", placeholder="default")
-                            c_split = gr.Textbox(label="Split", value=defaults[4], placeholder="test")
-                        with gr.Row():
-                            c_samples, c_batch, c_seed = (
-                                _option_input(name, example.get(name), elem_id=f"compare-{name}")
-                                for name in ("num_samples", "batch_size", "seed")
-                            )
+                        c_dataset, c_config, c_split, c_samples, c_batch, c_seed = _data_inputs("compare", defaults, example)
                         c_reference = _option_input(
                             "reference", elem_id="compare-reference",
                             info="the initial checkpoint: every verdict is then on the change from it (with S_init); "
@@ -1015,15 +1020,7 @@ def build_demo(app: DLRApp | None = None) -> gr.Blocks:
                                      "patterns ('*' = one path part, comma-separated)",
                             )
                             l_list = gr.Button("List the model's layers", size="sm", elem_id="layers-list")
-                        l_dataset = gr.Textbox(label="Dataset", value=defaults[2])
-                        with gr.Row():
-                            l_config = gr.Textbox(label="Config", placeholder="default")
-                            l_split = gr.Textbox(label="Split", value=defaults[4], placeholder="test")
-                        with gr.Row():
-                            l_samples, l_batch, l_seed = (
-                                _option_input(name, example.get(name), elem_id=f"layers-{name}")
-                                for name in ("num_samples", "batch_size", "seed")
-                            )
+                        l_dataset, l_config, l_split, l_samples, l_batch, l_seed = _data_inputs("layers", defaults, example)
                         l_reference = _option_input("reference", example.get("reference"))
                         profile = gr.Button("Measure the profile", variant="primary", elem_id="layers-button")
                         l_inputs = [l_checkpoints, l_dataset, l_config, l_split, l_layers, l_samples, l_batch, l_seed, l_reference]
