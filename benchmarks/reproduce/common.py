@@ -281,3 +281,24 @@ def train_classifier(model: nn.Module, parameters, x: torch.Tensor, y: torch.Ten
             on_log(step)
             model.train()
     model.eval()
+
+
+def train_full_batch(model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                     steps: int, every: int, record, clip: float | None = None) -> None:
+    """Full-batch cross-entropy steps (the grokking set-ups); ``record(step, last loss)`` at step 0, every
+    ``every`` steps and after the last, the model back in training mode after each record."""
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps + 1):
+        if step % every == 0:
+            record(step, loss_value)
+            model.train()
+        if step == steps:
+            break
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimiser.step()
+        loss_value = float(loss.detach())

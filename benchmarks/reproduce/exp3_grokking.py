@@ -123,21 +123,7 @@ def run(modulus: int = 31, fraction: float = 0.5, steps: int = 3000, every: int 
             f"D_LR train {row['dlr_train']:.3f} test {row['dlr_test']:.3f} all {row['dlr_all']:.3f} (r {row['rank_all']}) "
             f"rtol1e-2 {row['dlr_all_rtol1e-2']:.3f} (r {row['rank_all_rtol1e-2']})  ‖θ‖² {row['param_norm_sq']:.0f}")
 
-    model.train()
-    loss_value = float("nan")
-    for step in range(steps + 1):
-        if step % every == 0:
-            record(step, loss_value)
-            model.train()
-        if step == steps:
-            break
-        loss = nn.functional.cross_entropy(model(train_x), train_y)
-        optimiser.zero_grad()
-        loss.backward()
-        if clip:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimiser.step()
-        loss_value = float(loss.detach())
+    common.train_full_batch(model, optimiser, train_x, train_y, steps=steps, every=every, record=record, clip=clip)
     return history
 
 

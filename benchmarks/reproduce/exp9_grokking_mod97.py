@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import exp3_grokking  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from dlr_hf.metric import DLRAccumulator, parameter_norm  # noqa: E402
 
@@ -84,19 +83,7 @@ def run(modulus: int = 97, fraction: float = 0.3, steps: int = 3000, every: int 
         if save is not None:
             save(history)
 
-    model.train()
-    loss_value = float("nan")
-    for step in range(steps + 1):
-        if step % every == 0:
-            record(step, loss_value)
-            model.train()
-        if step == steps:
-            break
-        loss = nn.functional.cross_entropy(model(train_x), train_y)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        loss_value = float(loss.detach())
+    common.train_full_batch(model, optimiser, train_x, train_y, steps=steps, every=every, record=record)
     return history
 
 
