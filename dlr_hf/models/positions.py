@@ -1,12 +1,18 @@
-"""Which positions of a per-position head count as samples, and the batch keys that say so.
+"""Which positions of a per-position head count as samples, and the batch keys that say so; which
+positions a pooled head reads when that is not the first token.
 
 SPEC §1: labels are not used by D_LR, so the set of positions must not depend on whether labels are
 present. A collate function that knows the tokenizer puts a boolean mask of the positions to keep in
 the batch under one of ``POSITION_KEYS`` (the key names the rule); the model never sees it.
+
+Pooled heads that read elsewhere than the first token follow the model's own rule: audio heads
+average over the frames of non-padding samples (``frame_mask``), encoder-decoder sequence classifiers
+read the decoder's state at the last EOS token of ``input_ids`` (``eos_positions``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,3 +60,53 @@ def kept_positions(
     if mask is None:
         return "attention_mask", None, "every position (no attention_mask given)"
     return "attention_mask", mask, "every non-padding position (attention_mask)"
+
+
+def frame_mask(model: nn.Module, mask: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+    """(B, frames) bool: the feature frames an audio model's pooled head averages over, or None.
+
+    The ``attention_mask`` of a speech model (wav2vec2, HuBERT, WavLM, …) covers input samples, and
+    its convolutional feature encoder turns them into fewer frames; the classification head averages
+    over the first ``_get_feat_extract_output_lengths(non-padding samples)`` frames of each row
+    (transformers' ``_get_feature_vector_attention_mask``), as here. None when the model has no such
+    rule (Whisper averages over every frame), or when ``frames`` is not what the whole padded input
+    makes (a layer of another length, e.g. after a downsampling adapter the length is tried with it).
+    """
+    lengths_of = getattr(model, "_get_feat_extract_output_lengths", None)
+    if mask is None or mask.ndim != 2 or not callable(lengths_of) or not callable(
+        getattr(model, "_get_feature_vector_attention_mask", None)
+    ):
+        return None
+    options: list[dict[str, bool]] = [{}]
+    if "add_adapter" in inspect.signature(lengths_of).parameters:
+        options = [{"add_adapter": False}] + (
+            [{"add_adapter": True}] if getattr(getattr(model, "config", None), "add_adapter", False) else []
+        )
+    for option in options:
+        if int(lengths_of(torch.tensor([mask.shape[1]]), **option)[0]) == frames:
+            lengths = lengths_of(mask.long().sum(dim=-1), **option).to(mask.device).long()
+            return torch.arange(frames, device=mask.device)[None, :] < lengths[:, None]
+    return None
+
+
+def eos_positions(model: nn.Module, inputs: Mapping[str, Any], length: int) -> torch.Tensor | None:
+    """Per row, the position an encoder-decoder sequence classifier reads, or None for other models.
+
+    BART, mBART, T5, … ``ForSequenceClassification`` take the decoder's last hidden state at the last
+    EOS token of ``input_ids`` (the decoder runs on ``input_ids`` shifted right, so positions align);
+    ``length`` is the sequence length of the hidden state read there.
+    """
+    config = getattr(model, "config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids = inputs.get("input_ids")
+    if not (
+        getattr(config, "is_encoder_decoder", False)
+        and type(model).__name__.endswith("ForSequenceClassification")
+        and isinstance(eos, int)
+        and isinstance(ids, torch.Tensor)
+        and ids.ndim == 2
+        and ids.shape[1] == length
+    ):
+        return None
+    order = torch.arange(1, length + 1, device=ids.device)
+    return (ids.eq(eos).long() * order).argmax(dim=1)  # the last EOS of each row

@@ -18,7 +18,7 @@ from transformers.pytorch_utils import Conv1D
 
 from dlr_hf.errors import HeadNotFoundError, LayerNotFoundError, ShapeMismatchError
 from dlr_hf.models.head import HeadInfo, model_logits, select_positions
-from dlr_hf.models.positions import kept_positions
+from dlr_hf.models.positions import frame_mask, kept_positions
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,10 @@ class FeatureTap:
     mean output. Layer-wise mode: features = the input of `layer` (any linear layer), outputs = the
     model's logits, selected like the head's predictions. When that layer sees (B, T, d) while
     predictions are one per example, the features are taken at the selected position for
-    "selected_position" heads and are otherwise the mean over non-padding positions (all
-    positions, and any spatial dims, when no attention_mask of shape (B, T) is given). If the layer
-    runs several times per forward (shared weights), its last call is used.
+    "selected_position" heads and are otherwise the mean over non-padding positions (for speech
+    models, the frames made from non-padding samples; all positions, and any spatial dims, when no
+    attention_mask says which). If the layer runs several times per forward (shared weights), its
+    last call is used.
 
     Samples: one per example for pooled heads, one per (example, choice) for multiple choice, and
     for per-position heads the positions of `kept_positions` (never chosen by the labels).
@@ -130,8 +131,14 @@ class FeatureTap:
     def _layer_features(self) -> torch.Tensor | None:
         return self._layer.input
 
-    def _pool(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """One row per example from a layer that sees every position (pooled and per-choice heads)."""
+    def _pool(self, features: torch.Tensor, mask: torch.Tensor | None, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """One row per example from a layer that sees every position (pooled and per-choice heads).
+
+        A speech model's ``attention_mask`` covers input samples: the frames of non-padding samples
+        are averaged, as its head averages them (``positions.frame_mask``).
+        """
+        if mask is not None and features.ndim == 3 and mask.shape != features.shape[:2]:
+            mask = frame_mask(self.model, mask, features.shape[1])
         return _mean_over_positions(features, mask)
 
     def _captures(self) -> list[_Capture]:
@@ -229,7 +236,7 @@ class FeatureTap:
             elif features.ndim == 3 and features.shape[1] == head_out.shape[1]:
                 features = features[rows, positions]
         if features.ndim > 2:
-            features = self._pool(features, mask)
+            features = self._pool(features, mask, inputs)
         if features.shape[0] != outputs.shape[0]:
             raise ShapeMismatchError(
                 f"Layer {self.layer!r} sees {features.shape[0]} rows for {outputs.shape[0]} predictions "

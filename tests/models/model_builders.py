@@ -10,12 +10,25 @@ import transformers as tf
 VOCAB = 100
 PAD = 0
 LABELS = 3
+EOS = 2  # BART's end-of-sequence token (BOS = 1, PAD = 0)
+CONV_KERNEL, CONV_STRIDE = (10, 8), (5, 4)  # the tiny wav2vec2's feature encoder: 400 samples -> 18 frames
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=VOCAB)
 
 
 def _llama_config(**kwargs) -> tf.LlamaConfig:
     return tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=40, **kwargs)
+
+
+def _wav2vec2_config(**kwargs) -> tf.Wav2Vec2Config:
+    return tf.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                             conv_dim=(8, 8), conv_stride=CONV_STRIDE, conv_kernel=CONV_KERNEL, num_conv_pos_embeddings=8,
+                             num_conv_pos_embedding_groups=2, classifier_proj_size=24, num_labels=LABELS, **kwargs)
+
+
+def _deit_config() -> tf.DeiTConfig:
+    return tf.DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         image_size=16, patch_size=8, num_labels=LABELS)
 
 
 def _gpt2_config(**kwargs) -> tf.GPT2Config:
@@ -50,20 +63,28 @@ _BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
     "convnext": lambda: tf.ConvNextForImageClassification(
         tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=LABELS)
     ),
-    "wav2vec2": lambda: tf.Wav2Vec2ForSequenceClassification(
-        tf.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                          conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
-                          num_conv_pos_embedding_groups=2, classifier_proj_size=24, num_labels=LABELS)
+    "wav2vec2": lambda: tf.Wav2Vec2ForSequenceClassification(_wav2vec2_config()),
+    # wav2vec2-large-lv60 style: layer-normed feature encoder, pre-norm blocks and a final encoder layer_norm
+    "wav2vec2-stable": lambda: tf.Wav2Vec2ForSequenceClassification(
+        _wav2vec2_config(feat_extract_norm="layer", do_stable_layer_norm=True)
     ),
-    "deit-teacher": lambda: tf.DeiTForImageClassificationWithTeacher(
-        tf.DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                      image_size=16, patch_size=8, num_labels=LABELS)
-    ),
+    "deit-teacher": lambda: tf.DeiTForImageClassificationWithTeacher(_deit_config()),
+    "deit": lambda: tf.DeiTForImageClassification(_deit_config()),
     "bert-choice": lambda: tf.BertForMultipleChoice(tf.BertConfig(**TEXT)),
     "bart-lm": lambda: tf.BartForConditionalGeneration(
         tf.BartConfig(vocab_size=VOCAB, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                       decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, max_position_embeddings=40,
                       pad_token_id=PAD, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    ),
+    "bart": lambda: tf.BartForSequenceClassification(
+        tf.BartConfig(vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, max_position_embeddings=40,
+                      pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS, decoder_start_token_id=EOS,
+                      num_labels=LABELS)
+    ),
+    "t5": lambda: tf.T5ForSequenceClassification(
+        tf.T5Config(vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=20, num_layers=2, num_decoder_layers=2, num_heads=2,
+                    pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, num_labels=LABELS)
     ),
     "whisper-audio": lambda: tf.WhisperForAudioClassification(
         tf.WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=20, decoder_layers=1,

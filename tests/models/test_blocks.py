@@ -3,11 +3,29 @@
 The reference reads ``output_hidden_states`` at the positions each head reads (CLS, the last non-pad
 token, every kept token, the global average of a stage), takes the model's own logits, and calls
 ``compute_dlr`` per layer; the profile must equal it to 1e-8 while running the model once per batch.
+
+What "where the head reads" means, family by family, where it is not plain:
+
+* every block is read BEFORE any final norm the model applies after the stack (GPT-2's ``ln_f``,
+  Llama's ``norm``, ViT / DeiT ``layernorm``, the stable-layer-norm wav2vec2's ``encoder.layer_norm``)
+  and before any learned layer between the stack and the head (BERT's pooler, wav2vec2's
+  ``projector``, BART's ``classification_head.dense``): only the parameter-free selection or pooling
+  of the head's input is applied.
+* DeiT with teacher: the logits average a CLS head (token 0) and a distillation head (token 1), so a
+  block's features are its tokens 0 and 1 side by side (p = 2d), as the head's (W = ½[W_cls W_dist]).
+* wav2vec2 sequence classification: the mean over the frames made from non-padding samples (the
+  first ``L_out(sum(attention_mask))`` frames, L_out from the conv kernels and strides), over every
+  frame when no ``attention_mask`` is given, as the head pools the projector's output.
+* BART / T5 sequence classification: the profiled stack is the decoder's (the encoder's blocks are
+  not in the profile); each decoder block is read at the LAST EOS token of ``input_ids`` in each row
+  (pairs carry three EOS tokens), which is where the head reads the decoder's final state (T5's after
+  the decoder's ``final_layer_norm``, which the blocks are read before).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -38,6 +56,37 @@ def image_batches(count: int = 3, rows: int = 6) -> list[dict[str, torch.Tensor]
     return [{"pixel_values": torch.randn(rows, 3, 16, 16, generator=generator)} for _ in range(count)]
 
 
+def audio_batches(count: int = 3, rows: int = 6) -> list[dict[str, torch.Tensor]]:
+    """Right-padded waveforms of 300-480 samples with their attention mask; the last batch has no mask."""
+    generator = torch.Generator().manual_seed(7)
+    batches = []
+    for index in range(count):
+        waves = torch.randn(rows, 480, generator=generator)
+        if index == count - 1:
+            batches.append({"input_values": waves})
+            continue
+        lengths = torch.randint(300, 481, (rows,), generator=generator)
+        lengths[0] = 480  # the batch is as long as its longest row
+        mask = (torch.arange(480)[None, :] < lengths[:, None]).long()
+        batches.append({"input_values": waves * mask, "attention_mask": mask})
+    return batches
+
+
+def pair_batches(count: int = 3, rows: int = 6) -> list[dict[str, torch.Tensor]]:
+    """Sentence pairs ``<s> A </s></s> B </s>`` (three EOS per row, as BART's tokenizer makes them), right-padded."""
+    generator = torch.Generator().manual_seed(8)
+    batches = []
+    for _ in range(count):
+        encoded = []
+        for first, second in torch.randint(1, 5, (rows, 2), generator=generator).tolist():
+            a, b = (torch.randint(3, mb.VOCAB, (n,), generator=generator).tolist() for n in (first, second))
+            encoded.append([1, *a, mb.EOS, mb.EOS, *b, mb.EOS])
+        width = max(len(row) for row in encoded)
+        ids = torch.tensor([row + [mb.PAD] * (width - len(row)) for row in encoded])
+        batches.append({"input_ids": ids, "attention_mask": (ids != mb.PAD).long()})
+    return batches
+
+
 def cls(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
     return hidden[:, 0]
 
@@ -54,22 +103,62 @@ def stage_mean(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
     return hidden.mean(dim=(2, 3))
 
 
-# family, batches, positions the head reads, the final norm whose input is the last block's output
-# (GPT-2 and Llama report hidden_states[-1] after that norm), logits rows like the positions
-FAMILIES: dict[str, tuple[Callable, Callable, str | None]] = {
-    "bert": (text_batches, cls, None),
-    "bert-token": (text_batches, every_token, None),
-    "gpt2": (text_batches, last_token, "transformer.ln_f"),
-    "llama": (text_batches, last_token, "model.norm"),
-    "vit": (image_batches, cls, None),
-    "resnet": (image_batches, stage_mean, None),
-    "convnext": (image_batches, stage_mean, None),
-    "distilbert": (text_batches, cls, None),
+def cls_and_distillation(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    return torch.cat([hidden[:, 0], hidden[:, 1]], dim=1)
+
+
+def frame_mean(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Mean over the frames the conv feature encoder makes from each row's non-padding samples."""
+    if "attention_mask" not in batch:
+        return hidden.mean(dim=1)
+    rows = []
+    for row, samples in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+        for kernel, stride in zip(mb.CONV_KERNEL, mb.CONV_STRIDE):
+            samples = (samples - kernel) // stride + 1
+        rows.append(hidden[row, :samples].mean(dim=0))
+    return torch.stack(rows)
+
+
+def last_eos(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    rows = batch["input_ids"].tolist()
+    return torch.stack([hidden[r, max(i for i, token in enumerate(ids) if token == mb.EOS)] for r, ids in enumerate(rows)])
+
+
+class Family(NamedTuple):
+    """Batches, the positions the head reads, the block stack's path, the final norm whose input is the
+    last block's output (GPT-2 and Llama report hidden_states[-1] after that norm), the output field
+    holding the stack's hidden states; the logits rows are taken like the positions."""
+
+    batches: Callable
+    read: Callable
+    stack: str
+    final_norm: str | None = None
+    states: str = "hidden_states"
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family(text_batches, cls, "bert.encoder.layer"),
+    "bert-token": Family(text_batches, every_token, "bert.encoder.layer"),
+    "gpt2": Family(text_batches, last_token, "transformer.h", "transformer.ln_f"),
+    "llama": Family(text_batches, last_token, "model.layers", "model.norm"),
+    "vit": Family(image_batches, cls, "vit.layers"),
+    "resnet": Family(image_batches, stage_mean, "resnet.encoder.stages"),
+    "convnext": Family(image_batches, stage_mean, "convnext.encoder.stages"),
+    "distilbert": Family(text_batches, cls, "distilbert.transformer.layer"),
+    "deit-teacher": Family(image_batches, cls_and_distillation, "deit.layers"),
+    "deit": Family(image_batches, cls, "deit.layers"),
+    "wav2vec2": Family(audio_batches, frame_mean, "wav2vec2.encoder.layers"),
+    "wav2vec2-stable": Family(audio_batches, frame_mean, "wav2vec2.encoder.layers", "wav2vec2.encoder.layer_norm"),
+    "bart": Family(pair_batches, last_eos, "model.decoder.layers", states="decoder_hidden_states"),
+    "t5": Family(pair_batches, last_eos, "transformer.decoder.block", "transformer.decoder.final_layer_norm",
+                 "decoder_hidden_states"),
 }
 
 
 @torch.inference_mode()
-def by_hand(model, batches, read: Callable, final_norm: str | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+def by_hand(
+    model, batches, read: Callable, final_norm: str | None, states: str = "hidden_states"
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per block, the features at the head's positions (float64), and the logits at the same rows."""
     pre_norm: list[torch.Tensor] = []
     handle = None
@@ -79,7 +168,7 @@ def by_hand(model, batches, read: Callable, final_norm: str | None) -> tuple[lis
     try:
         for batch in batches:
             out = model(**batch, output_hidden_states=True)
-            hidden = list(out.hidden_states[1:])
+            hidden = list(getattr(out, states)[1:])  # [0] is the stack's input (the embeddings)
             if final_norm is not None:
                 hidden[-1] = pre_norm.pop()
             rows = [read(h, batch).double() for h in hidden]
@@ -106,16 +195,18 @@ def profiled(model, batches, options: MeasurementOptions, reference=None):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_block_profile_equals_hidden_states_read_by_hand(family):
-    make_batches, read, final_norm = FAMILIES[family]
-    model, batches = mb.build(family), make_batches()
+    spec = FAMILIES[family]
+    model, batches = mb.build(family), spec.batches()
     measurement, forwards = profiled(model, batches, MeasurementOptions(layers="blocks"))
     assert forwards == len(batches)  # one forward per batch for the head and every block
-    features, logits = by_hand(model, batches, read, final_norm)
+    features, logits = by_hand(model, batches, spec.read, spec.final_norm, spec.states)
     profile = measurement.profile()
     path, stack = find_blocks(model)
+    assert path == spec.stack and len(stack) == 2
     assert [(r.name, r.depth, r.module_path) for r in profile] == [
         (f"block_{i:02d}", i + 1, f"{path}.{i}") for i in range(len(stack))
     ]
+    assert len(features) == len(profile)
     for reading, phi in zip(profile, features):
         expected = compute_dlr(phi, logits)
         assert reading.result.num_samples == phi.shape[0] and reading.result.feature_dim == phi.shape[1]
@@ -150,6 +241,18 @@ def test_linear_patterns_read_the_inputs_of_the_matched_layers():
         rows = [x if x.ndim == 2 else (x * m[..., None]).sum(1) / m.sum(1, keepdim=True) for x, m in zip(seen[path], masks)]
         expected = compute_dlr(torch.cat(rows).double(), logits)
         assert abs(reading.result.dlr - expected.dlr) <= TOL, path
+
+
+def test_speech_layers_average_the_frames_of_non_padding_samples():
+    """Layer-wise, wav2vec2's projector (whose input is the last block's output) is read as its head pools
+    it: averaged over the frames made from non-padding samples, not over every frame of the padded batch."""
+    model, batches = mb.build("wav2vec2"), audio_batches()
+    measurement, forwards = profiled(model, batches, MeasurementOptions(layers="projector"))
+    assert forwards == len(batches)
+    features, logits = by_hand(model, batches, frame_mean, None)
+    (reading,) = measurement.profile()
+    assert reading.name == "projector" and reading.result.feature_dim == 32
+    assert abs(reading.result.dlr - compute_dlr(features[-1], logits).dlr) <= TOL
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
