@@ -11,18 +11,30 @@ out exactly as ``accelerator.gather_for_metrics`` does (the first ``gradient_sta
 examples of the gathered last batch are kept, the processes' batches gathered in rank order).
 ``source="probe"`` (implied by ``probe_dataset=``) instead runs a separate forward over a fixed
 probe subset at every evaluation; ``every_n_steps`` measurements, between evaluations, always use
-the probe.
+the probe. A ``probe_dataset`` is one probe whatever the eval sets: over a dict of eval sets it is
+measured once per ``Trainer.evaluate()`` call (the model is the same for every set), not once per
+set. Without one, the probe is a subsample of the eval set, or of each eval set of a dict (one probe
+per set, named after it), else of the train set.
+
+Token classification: ``dlr_hf.evaluate`` measures the first sub-token of each word (from the
+tokenizer's word ids). The Trainer's batches carry no word ids, but with per-token labels the
+standard preprocessing labels exactly those positions (−100 on the other sub-tokens, the special
+tokens and the padding), so when a batch has labels the callback measures the labelled positions
+(labels ≠ −100), and agrees with ``evaluate()`` on the same examples. Batches without labels fall
+back to every non-padding position (special tokens included); labels on every sub-token
+(``label_all_tokens``) mean every sub-token is measured.
 
 The values are published as ``eval_dlr``, ``eval_dlr_rank``, ``eval_nc1``,
 ``eval_effective_rank``, ``eval_s_init``, ``eval_param_norm``, ``eval_param_change`` and
 ``eval_dlr_change`` (below) through
 ``trainer.log`` — the only way such keys reach ``log_history`` and every ``report_to``
 integration (keys added to ``metrics`` inside ``on_evaluate`` are lost, since the Trainer has
-logged them already). A dict of eval datasets gives ``eval_<name>_dlr`` …; step-based
-measurements use the same names without the ``eval_`` prefix. With ``layers=`` (a richness profile
-across depth, filled in the same forward) every layer adds ``eval_dlr/<layer>`` (e.g.
-``eval_dlr/block_07``); a per-layer ``eval_s_init/<layer>`` only beside a reference model (a PEFT
-model's base), since the step-0 features are recorded for the head alone.
+logged them already). A dict of eval datasets gives ``eval_<name>_dlr`` … (with ``probe_dataset=``:
+``eval_dlr`` …, its one probe); step-based measurements use the same names without the ``eval_``
+prefix (``dlr`` …, or ``<name>_dlr`` for the default probe of each eval set of a dict). With
+``layers=`` (a richness profile across depth, filled in the same forward) every layer adds
+``eval_dlr/<layer>`` (e.g. ``eval_dlr/block_07``); a per-layer ``eval_s_init/<layer>`` only beside a
+reference model (a PEFT model's base), since the step-0 features are recorded for the head alone.
 
 S_init compares with the model at step 0 on the same examples: at train begin (step 0 of a fresh
 run) the callback runs one forward pass of the initial model over each evaluation set in the
@@ -69,7 +81,7 @@ import logging
 import math
 import numbers
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +98,7 @@ from transformers.trainer_callback import ExportableState
 from dlr_hf.engine import CALLBACK, DLRResult, HeadInfo, Measurement, MeasurementOptions, Verdict, parameter_snapshot, subsample_indices
 from dlr_hf.engine import verdict as engine_verdict
 from dlr_hf.engine import ADAPTER_BASE, is_adapter_model
+from dlr_hf.engine.data import WORD_STARTS
 from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, TooFewSamplesError
 
 log = logging.getLogger(__name__)
@@ -140,7 +153,7 @@ class _Ride:
             return
         self._busy = True  # locating runs its own two-row forward of the model
         try:
-            self.measurement.locate(_tensors(kwargs), self.loader)
+            self.measurement.locate(labelled_positions(_tensors(kwargs)), self.loader)
         except MEASUREMENT_ERRORS as error:
             self.fail(error)
         finally:
@@ -154,7 +167,8 @@ class _Ride:
         try:
             if args:
                 raise DLRError("the model was called with positional inputs; the callback reads keyword inputs")
-            self.measurement.collect(batch, output, examples=real_examples(self.accelerator, self.loader, _rows(batch)))
+            examples = real_examples(self.accelerator, self.loader, _rows(batch))
+            self.measurement.collect(labelled_positions(batch), output, examples=examples)
             self.checksums.append(_checksum(batch))
         except MEASUREMENT_ERRORS as error:
             self.fail(error)
@@ -194,13 +208,53 @@ def real_examples(accelerator: Accelerator, loader: DataLoader, rows: int) -> in
     return None if kept == rows else kept
 
 
+def labelled_positions(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``batch`` with the token positions its labels mark (labels ≠ −100, padding excluded) as the positions
+    a token-classification head is measured on; unchanged without per-token labels.
+
+    The Trainer's batches carry no word ids, but the standard Hugging Face token-classification
+    preprocessing labels exactly the first sub-token of each word and gives −100 to the other
+    sub-tokens, the special tokens and the padding: the rule ``dlr_hf.evaluate`` applies from word ids.
+    The mask travels under the engine's word-start key (read for per-position heads only, never a
+    model input); per-token labels are integer labels of the token grid's shape (that of
+    ``input_ids`` or ``attention_mask``).
+    """
+    labels = batch.get("labels")
+    grid = batch.get("input_ids", batch.get("attention_mask"))
+    if (
+        not isinstance(labels, torch.Tensor) or not isinstance(grid, torch.Tensor) or WORD_STARTS in batch
+        or labels.ndim != 2 or labels.shape != grid.shape
+        or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool
+    ):
+        return batch
+    kept = labels != -100
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.shape == kept.shape:
+        kept &= mask.to(kept.device).bool()
+    return {**batch, WORD_STARTS: kept}
+
+
+@dataclass
+class _Round:
+    """One ``Trainer.evaluate()`` call from outside (over several eval sets, one call per set inside it)."""
+
+    prefix: str
+    """Its ``metric_key_prefix`` (``"eval"`` for the Trainer's own evaluations)."""
+    several: bool
+    """Whether it evaluates a dict of eval sets."""
+    measured: bool = False
+    """Whether the shared probe was measured in it already."""
+
+
 class DLRCallback(TrainerCallback, ExportableState):
     """Measure D_LR at every evaluation during training; a failed measurement never stops training.
 
     Args:
         probe_dataset: examples in the Trainer's format (what its data collator takes) for the
             probe passes; default: the eval dataset (each one, for a dict of eval datasets), else
-            the train dataset. Giving one implies ``source="probe"``.
+            the train dataset. Giving one implies ``source="probe"``. It is one probe whatever the
+            eval sets: measured once per ``Trainer.evaluate()`` call, also over a dict of eval sets,
+            and logged ``eval_dlr`` … (``dlr`` … by ``every_n_steps``).
         source: what evaluation-time measurements read. ``"eval"`` (the default without
             ``probe_dataset``): the Trainer's own evaluation forwards over its whole eval set(s),
             no extra forward pass; ``num_samples`` and ``batch_size`` do not apply to it.
@@ -255,6 +309,7 @@ class DLRCallback(TrainerCallback, ExportableState):
         self._last: dict[str, tuple[int, DLRResult, float, float | None]] = {}  # by key prefix: the last calibrated reading
         self.verdicts: dict[str, Verdict] = {}
         self._rides: dict[str, _Ride] = {}  # by metric prefix: the evaluation pass just tapped
+        self._round: _Round | None = None  # the Trainer.evaluate() call in progress (source="probe")
         self._head: HeadInfo | None = None
         self._initial_parameters: dict[str, torch.Tensor] | None = None
         self._has_reference = False  # training began with baselines: θ0 was taken or is known to be lost
@@ -265,6 +320,8 @@ class DLRCallback(TrainerCallback, ExportableState):
         """Attach the Trainer explicitly (done automatically when passed in ``callbacks=``)."""
         self.trainer = trainer
         self._ride_on_evaluations(trainer)
+        if self.source == PROBE:
+            self._watch_evaluation_rounds(trainer)
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.trainer is None:
@@ -293,9 +350,8 @@ class DLRCallback(TrainerCallback, ExportableState):
         # Settings errors surface here, before the first step, not as a failed measurement mid-run.
         if self.options.layer is not None:
             _check_layer(trainer.model, self.options.layer)
-        names = self._probe_names(trainer)
         if self._uses_probes:
-            for name in names:
+            for name in self._probe_names(trainer):
                 self._probe(name)
         self._restore_history(state)
         if not self.options.baselines:
@@ -303,7 +359,7 @@ class DLRCallback(TrainerCallback, ExportableState):
         self._has_reference = True
         reference = Path(args.output_dir) / REFERENCE_FILE.format(rank=args.process_index)
         if state.global_step == 0:
-            self._record_reference(names, reference)
+            self._record_reference(reference)
         else:  # θ0 is the model at step 0: a resumed checkpoint must never become the reference
             self._load_reference(reference)
 
@@ -320,9 +376,12 @@ class DLRCallback(TrainerCallback, ExportableState):
         metrics = metrics or {}
         prefix = next((key[: -len("_runtime")] for key in metrics if key.endswith("_runtime")), "eval")
         name = prefix[len("eval_"):] if prefix.startswith("eval_") else "eval"
-        self._require_trainer()
+        trainer = self._require_trainer()
         if self.source == PROBE:
-            self._measure_and_log(name, f"{prefix}_")
+            if self._shared_probe(trainer):
+                self._measure_shared_probe(prefix)
+            else:
+                self._measure_and_log(name, f"{prefix}_")
             return
         ride = self._rides.pop(prefix, None)
         if ride is None:  # e.g. an evaluate() overridden so that it no longer runs evaluation_loop
@@ -356,6 +415,17 @@ class DLRCallback(TrainerCallback, ExportableState):
                 self._warn(f"DLRCallback could not write its history files into {args.output_dir}: {error}")
 
     # -- measuring -----------------------------------------------------------------------------
+    def _measure_shared_probe(self, prefix: str) -> None:
+        """The one probe ("eval"), once per ``Trainer.evaluate()`` call: under that call's prefix when it
+        covers several eval sets (``eval_dlr``, not ``eval_<name>_dlr``), else under the evaluation's own."""
+        evaluation = self._round
+        if evaluation is not None and evaluation.several:
+            if evaluation.measured:
+                return  # the same probe, the same model: measured for the first eval set of this call already
+            evaluation.measured = True
+            prefix = evaluation.prefix
+        self._measure_and_log("eval", f"{prefix}_")
+
     def _measure_and_log(self, name: str, prefix: str) -> None:
         """Measure probe ``name`` in a pass of its own; publish what could be measured, the rest as missing."""
         problems: list[str] = []
@@ -572,6 +642,37 @@ class DLRCallback(TrainerCallback, ExportableState):
         evaluation_loop.dlr_callback = self
         trainer.evaluation_loop = evaluation_loop
 
+    def _watch_evaluation_rounds(self, trainer: Trainer) -> None:
+        """Wrap ``trainer.evaluate`` (once per callback) so that ``on_evaluate`` knows which outside call
+        it belongs to: over a dict of eval sets, one call runs ``evaluate`` (and ``on_evaluate``) per set,
+        and the one probe is measured once per call, under that call's prefix. Inert for a callback
+        the Trainer no longer holds; any call it cannot read is passed on untouched."""
+        evaluate = trainer.evaluate
+        if getattr(evaluate, "dlr_callback", None) is self:
+            return
+        signature = inspect.signature(evaluate)
+
+        @functools.wraps(evaluate)
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            if self._round is not None or self not in trainer.callback_handler.callbacks:
+                return evaluate(*args, **kwargs)  # (inside a call already: one set of a dict)
+            try:
+                call = signature.bind(*args, **kwargs)
+            except TypeError:
+                return evaluate(*args, **kwargs)  # let the Trainer say what is wrong with the call
+            call.apply_defaults()
+            datasets = call.arguments.get("eval_dataset")
+            prefix = call.arguments.get("metric_key_prefix", "eval")
+            several = isinstance(trainer.eval_dataset if datasets is None else datasets, dict)
+            self._round = _Round(prefix if isinstance(prefix, str) else "eval", several)
+            try:
+                return evaluate(*args, **kwargs)
+            finally:
+                self._round = None
+
+        watched.dlr_callback = self
+        trainer.evaluate = watched
+
     def _ride(self, loader: DataLoader, *, initial: list[torch.Tensor] | None = None) -> _Ride:
         measurement = self._measurement(initial_features=initial)
         return _Ride(measurement, loader, self.trainer.accelerator)
@@ -613,14 +714,16 @@ class DLRCallback(TrainerCallback, ExportableState):
         return ride.measurement.recorded_features()
 
     # -- the initial reference (θ0, its features and D_LR, for S_init, param_change and dlr_change) --
-    def _record_reference(self, names: list[str], reference: Path) -> None:
+    def _record_reference(self, reference: Path) -> None:
         """Snapshot the model at step 0, its features and D_LR on the measured examples; keep them in ``output_dir``.
 
         Collective: every rank records, then all compute D_LR at step 0 together (or all skip it).
         """
-        self._initial_parameters = parameter_snapshot(self.trainer.model)
-        for name in names:
-            if self.source == EVAL and self.trainer.eval_dataset is not None:
+        trainer = self.trainer
+        self._initial_parameters = parameter_snapshot(trainer.model)
+        if self.source == EVAL and trainer.eval_dataset is not None:
+            evaluations = trainer.eval_dataset
+            for name in list(evaluations) if isinstance(evaluations, dict) else ["eval"]:
                 what, prefix = f"evaluation set {name!r}", self._evaluation_prefix(name)
                 recorder = self._measurement(record_features=True)
                 features = self._record(what, lambda: self._record_evaluation(name, recorder))
@@ -629,7 +732,8 @@ class DLRCallback(TrainerCallback, ExportableState):
                 dlr = self._initial_dlr(what, recorder, features is not None)
                 if dlr is not None:
                     self._evaluation_dlr[prefix] = dlr
-            if self._uses_probes:
+        if self._uses_probes:
+            for name in self._probe_names(trainer):
                 what = f"probe {name!r}"
                 recorder = self._measurement(record_features=True)
                 recorded = self._record(what, lambda: self._run(recorder, name)) is not None
@@ -727,10 +831,13 @@ class DLRCallback(TrainerCallback, ExportableState):
         """The metric prefix ``Trainer.evaluate`` gives eval set ``name``."""
         return f"eval_{name}" if isinstance(self.trainer.eval_dataset, dict) else "eval"
 
+    def _shared_probe(self, trainer: Trainer) -> bool:
+        """Whether there is one probe ("eval") whatever the eval sets: always but for the default probes
+        over a dict of eval sets (one per set, named after it)."""
+        return self.probe_dataset is not None or not isinstance(trainer.eval_dataset, dict)
+
     def _probe_names(self, trainer: Trainer) -> list[str]:
-        if self.probe_dataset is None and isinstance(trainer.eval_dataset, dict):
-            return list(trainer.eval_dataset)
-        return ["eval"]
+        return ["eval"] if self._shared_probe(trainer) else list(trainer.eval_dataset)
 
     def _probe(self, name: str) -> _Probe:
         if name not in self._probes:
@@ -758,7 +865,8 @@ class DLRCallback(TrainerCallback, ExportableState):
         accelerator = trainer.accelerator
         shard = Subset(probe, list(range(accelerator.process_index, len(probe), accelerator.num_processes)))
         batch_size = self.options.batch_size or trainer.args.per_device_eval_batch_size
-        return DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=trainer.data_collator)
+        collate = functools.partial(_collate_then, trainer.data_collator, labelled_positions)
+        return DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
     def _restore_history(self, state: TrainerState) -> None:
         """Take the history back from a resumed checkpoint, and make sure the next one can save it."""
@@ -813,6 +921,12 @@ def _source(source: Any, probe_dataset: Dataset | None) -> str:
     if source not in (EVAL, PROBE):
         raise InvalidArgumentError(f"DLRCallback(source={source!r}): must be {EVAL!r} (the Trainer's evaluation) or {PROBE!r}")
     return source
+
+
+def _collate_then(collate: Callable[[Any], Any], after: Callable[[Any], Any], rows: Any) -> Any:
+    """``collate(rows)`` followed by ``after`` (a probe's batches with their label positions)."""
+    batch = collate(rows)
+    return after(batch) if isinstance(batch, Mapping) else batch
 
 
 def _tensors(batch: dict[str, Any]) -> dict[str, torch.Tensor]:

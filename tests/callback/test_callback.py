@@ -21,7 +21,7 @@ from dlr_hf import DLRCallback, evaluate
 from dlr_hf.engine.demo import digits_dataset, image_processor, tiny_vit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training import EVAL_SIZE, free_port, make_trainer  # noqa: E402
+from training import EVAL_SIZE, free_port, make_trainer, with_pixels  # noqa: E402
 
 EVAL_BATCH = 64
 
@@ -213,6 +213,54 @@ def test_dict_of_eval_datasets_and_step_measurements(tmp_path):
         assert callback.initial_dlr[f"{prefix}dlr"] == pytest.approx(start.dlr, abs=1e-8)
         row = entries(history, f"{prefix}dlr")[-1]
         assert row[f"{prefix}dlr_change"] == pytest.approx(row[f"{prefix}dlr"] - start.dlr, abs=1e-8)
+    assert set(callback.verdicts) == set(callback.initial_dlr)
+
+
+def probe_of(size: int):
+    """The first ``size`` test examples in the Trainer's format, as a probe_dataset."""
+    return with_pixels(digits_dataset()["test"].select(range(size)), image_processor())
+
+
+def test_probe_dataset_is_one_probe_beside_a_dict_of_eval_datasets(tmp_path):
+    """probe_dataset= with several eval sets: one probe, measured once per evaluation (not once per eval
+    set, under eval_dlr …), with S_init and the change from its step-0 pass; every_n_steps reads the same
+    probe (dlr …). Both equal evaluate() of the checkpoint on the probe's 100 examples."""
+    size = 100
+    callback = DLRCallback(probe_dataset=probe_of(size), every_n_steps=5)
+    trainer = make_trainer(tmp_path, max_steps=10, eval_dict=True, callback=callback)
+    trainer.train()
+    history = trainer.state.log_history
+    assert not callback.warnings
+    assert [row["step"] for row in entries(history, "eval_digits_loss")] == [10]  # the Trainer evaluated both sets
+    assert not [key for row in history for key in row if "dlr" in key and key.startswith(("eval_digits", "eval_head"))]
+    assert [row["step"] for row in entries(history, "eval_dlr")] == [10]
+    assert [row["step"] for row in entries(history, "dlr")] == [5, 10]
+    assert [(row["step"], row["probe"]) for row in callback.history] == [(5, "eval"), (10, "eval"), (10, "eval")]
+    report, start = reference(tmp_path / "checkpoint-10", size), initial(size)
+    for prefix in ("eval_", ""):
+        row = entries(history, f"{prefix}dlr")[-1]
+        assert_matches(row, prefix, report)
+        assert row[f"{prefix}dlr_change"] == pytest.approx(row[f"{prefix}dlr"] - start.dlr, abs=1e-8)
+    assert callback.initial_dlr == {"eval_dlr": pytest.approx(start.dlr, abs=1e-8), "dlr": pytest.approx(start.dlr, abs=1e-8)}
+    assert set(callback.verdicts) == {"eval_dlr", "dlr"}
+
+
+def test_eval_source_with_a_probe_for_step_measurements_over_a_dict_of_eval_datasets(tmp_path):
+    """source="eval" beside probe_dataset= (for every_n_steps) and several eval sets: each eval set is
+    recorded at step 0 under its own name, the probe under its own (training starts; nothing missing)."""
+    size = 64
+    callback = DLRCallback(probe_dataset=probe_of(size), source="eval", every_n_steps=5)
+    trainer = make_trainer(tmp_path, max_steps=5, eval_steps=5, eval_dict=True, callback=callback)
+    trainer.train()
+    history = trainer.state.log_history
+    assert not callback.warnings
+    checkpoint = tmp_path / "checkpoint-5"
+    for prefix, examples in [("eval_head_", EVAL_SIZE), ("", size)]:
+        (row,) = entries(history, f"{prefix}dlr")
+        assert_matches(row, prefix, reference(checkpoint, examples))
+        start = initial(examples)
+        assert row[f"{prefix}dlr_change"] == pytest.approx(row[f"{prefix}dlr"] - start.dlr, abs=1e-8)
+    assert set(callback.initial_dlr) == {"eval_digits_dlr", "eval_head_dlr", "dlr"}
     assert set(callback.verdicts) == set(callback.initial_dlr)
 
 
