@@ -10,7 +10,8 @@ model's final logits) at many depths in the same forward pass. ``layers`` says w
   applies after the stack (GPT-2's ``ln_f``, Llama's ``norm``, ViT's ``layernorm``), read where the
   head reads: pooled heads — the first position (BERT's pooler, RoBERTa's head and ViT's CLS read
   token 0; DeiT's two averaged heads read tokens 0 and 1, side by side), except audio models, whose
-  heads mean-pool over the frames of non-padding samples (Whisper's over every frame), and
+  heads mean-pool over the frames of non-padding samples (Whisper's over every frame; the Audio
+  Spectrogram Transformer's average its first two tokens), and
   encoder-decoder sequence classifiers (BART, T5), whose heads read the decoder's state at the last
   EOS token of ``input_ids``; convolutional stages (B, C, H, W) — the global average over H × W, as
   ResNet and ConvNeXt heads pool; GPT-style heads — the position the logits were taken from;
@@ -34,7 +35,7 @@ from transformers.pytorch_utils import Conv1D
 
 from dlr_hf.errors import LayerNotFoundError
 from dlr_hf.models.head import HeadInfo
-from dlr_hf.models.positions import eos_positions
+from dlr_hf.models.positions import averaged_first_tokens, eos_positions
 from dlr_hf.models.tap import FeatureTap, _Capture, _find_layer
 
 BLOCKS = "blocks"
@@ -134,6 +135,9 @@ class BlockTap(FeatureTap):
     def _pool(self, features: torch.Tensor, mask: torch.Tensor | None, inputs: Mapping[str, Any]) -> torch.Tensor:
         if features.ndim == 4:  # a convolutional stage (B, C, H, W)
             return features.mean(dim=(2, 3))
+        averaged = averaged_first_tokens(self.model)
+        if averaged is not None:  # e.g. AST: the mean of its CLS and distillation tokens
+            return features[:, :averaged].mean(dim=1)
         if getattr(self.model, "main_input_name", None) in _AUDIO_INPUTS:
             return super()._pool(features, mask, inputs)  # the frames of non-padding samples
         positions = eos_positions(self.model, inputs, features.shape[1])

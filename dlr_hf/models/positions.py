@@ -6,8 +6,9 @@ present. A collate function that knows the tokenizer puts a boolean mask of the 
 the batch under one of ``POSITION_KEYS`` (the key names the rule); the model never sees it.
 
 Pooled heads that read elsewhere than the first token follow the model's own rule: audio heads
-average over the frames of non-padding samples (``frame_mask``), encoder-decoder sequence classifiers
-read the decoder's state at the last EOS token of ``input_ids`` (``eos_positions``).
+average over the frames of non-padding samples (``frame_mask``), the Audio Spectrogram Transformer
+over its first two tokens (``averaged_first_tokens``), encoder-decoder sequence classifiers read the
+decoder's state at the last EOS token of ``input_ids`` (``eos_positions``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ def frame_mask(model: nn.Module, mask: torch.Tensor | None, frames: int) -> torc
             lengths = lengths_of(mask.long().sum(dim=-1), **option).to(mask.device).long()
             return torch.arange(frames, device=mask.device)[None, :] < lengths[:, None]
     return None
+
+
+AVERAGED_FIRST_TOKENS = {"ASTForAudioClassification": 2}
+"""Pooled heads that average their first k tokens (the Audio Spectrogram Transformer's CLS and distillation
+tokens: ``(h[:, 0] + h[:, 1]) / 2``), by model class."""
+
+
+def averaged_first_tokens(model: nn.Module) -> int | None:
+    """How many leading tokens the model's pooled head averages (``AVERAGED_FIRST_TOKENS``), or None."""
+    return AVERAGED_FIRST_TOKENS.get(type(model).__name__)
 
 
 def eos_positions(model: nn.Module, inputs: Mapping[str, Any], length: int) -> torch.Tensor | None:

@@ -86,6 +86,10 @@ _BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
         tf.T5Config(vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=20, num_layers=2, num_decoder_layers=2, num_heads=2,
                     pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, num_labels=LABELS)
     ),
+    "ast": lambda: tf.ASTForAudioClassification(
+        tf.ASTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20, patch_size=8,
+                     frequency_stride=8, time_stride=8, max_length=24, num_mel_bins=16, num_labels=LABELS)
+    ),
     "whisper-audio": lambda: tf.WhisperForAudioClassification(
         tf.WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=20, decoder_layers=1,
                          decoder_attention_heads=2, decoder_ffn_dim=20, num_mel_bins=80, max_source_positions=1500,

@@ -72,6 +72,12 @@ def audio_batches(count: int = 3, rows: int = 6) -> list[dict[str, torch.Tensor]
     return batches
 
 
+def spectrogram_batches(count: int = 3, rows: int = 6) -> list[dict[str, torch.Tensor]]:
+    """Mel spectrograms (24 frames × 16 bins) for the tiny Audio Spectrogram Transformer."""
+    generator = torch.Generator().manual_seed(9)
+    return [{"input_values": torch.randn(rows, 24, 16, generator=generator)} for _ in range(count)]
+
+
 def pair_batches(count: int = 3, rows: int = 6) -> list[dict[str, torch.Tensor]]:
     """Sentence pairs ``<s> A </s></s> B </s>`` (three EOS per row, as BART's tokenizer makes them), right-padded."""
     generator = torch.Generator().manual_seed(8)
@@ -105,6 +111,11 @@ def stage_mean(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
 
 def cls_and_distillation(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
     return torch.cat([hidden[:, 0], hidden[:, 1]], dim=1)
+
+
+def first_two_averaged(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    """AST's pooled output: the average of its CLS and distillation tokens."""
+    return (hidden[:, 0] + hidden[:, 1]) / 2
 
 
 def frame_mean(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -148,6 +159,7 @@ FAMILIES: dict[str, Family] = {
     "deit-teacher": Family(image_batches, cls_and_distillation, "deit.layers"),
     "deit": Family(image_batches, cls, "deit.layers"),
     "wav2vec2": Family(audio_batches, frame_mean, "wav2vec2.encoder.layers"),
+    "ast": Family(spectrogram_batches, first_two_averaged, "audio_spectrogram_transformer.layers"),
     "wav2vec2-stable": Family(audio_batches, frame_mean, "wav2vec2.encoder.layers", "wav2vec2.encoder.layer_norm"),
     "bart": Family(pair_batches, last_eos, "model.decoder.layers", states="decoder_hidden_states"),
     "t5": Family(pair_batches, last_eos, "transformer.decoder.block", "transformer.decoder.final_layer_norm",
