@@ -15,7 +15,7 @@ from dlr_hf.models.head import (
     relocate,
     require_head,
 )
-from dlr_hf.models.positions import CONTENT_TOKENS, WORD_STARTS, model_inputs
+from dlr_hf.models.positions import CONTENT_TOKENS, LABELLED_TOKENS, WORD_STARTS, model_inputs
 from dlr_hf.models.tap import FeatureTap, Samples
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "profile_tap",
     "CONTENT_TOKENS",
     "WORD_STARTS",
+    "LABELLED_TOKENS",
     "FeatureTap",
     "HeadInfo",
     "Samples",

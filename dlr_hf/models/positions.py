@@ -22,10 +22,13 @@ from torch import nn
 
 WORD_STARTS = "dlr_hf_word_starts"
 CONTENT_TOKENS = "dlr_hf_content_tokens"
+LABELLED_TOKENS = "dlr_hf_labelled_tokens"
 
 POSITION_KEYS = {
     WORD_STARTS: "first sub-token of each word (special tokens and padding excluded)",
     CONTENT_TOKENS: "every non-padding, non-special token (the tokenizer gives no word ids)",
+    LABELLED_TOKENS: "every labelled token (labels ≠ −100, padding excluded): the first sub-token of each word "
+                     "under the standard Hugging Face preprocessing (a Trainer's batches carry no word ids)",
 }
 
 NOT_MODEL_INPUTS = ("labels", *POSITION_KEYS)

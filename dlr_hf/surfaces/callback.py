@@ -97,8 +97,7 @@ from transformers.trainer_callback import ExportableState
 
 from dlr_hf.engine import CALLBACK, DLRResult, HeadInfo, Measurement, MeasurementOptions, Verdict, parameter_snapshot, subsample_indices
 from dlr_hf.engine import verdict as engine_verdict
-from dlr_hf.engine import ADAPTER_BASE, is_adapter_model
-from dlr_hf.engine.data import WORD_STARTS
+from dlr_hf.engine import ADAPTER_BASE, LABELLED_TOKENS, is_adapter_model
 from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, TooFewSamplesError
 
 log = logging.getLogger(__name__)
@@ -215,14 +214,14 @@ def labelled_positions(batch: Mapping[str, Any]) -> Mapping[str, Any]:
     The Trainer's batches carry no word ids, but the standard Hugging Face token-classification
     preprocessing labels exactly the first sub-token of each word and gives −100 to the other
     sub-tokens, the special tokens and the padding: the rule ``dlr_hf.evaluate`` applies from word ids.
-    The mask travels under the engine's word-start key (read for per-position heads only, never a
-    model input); per-token labels are integer labels of the token grid's shape (that of
+    The mask travels under ``LABELLED_TOKENS`` (read for per-position heads only, never a model
+    input; the head's position rule says so); per-token labels are integer labels of the token grid's shape (that of
     ``input_ids`` or ``attention_mask``).
     """
     labels = batch.get("labels")
     grid = batch.get("input_ids", batch.get("attention_mask"))
     if (
-        not isinstance(labels, torch.Tensor) or not isinstance(grid, torch.Tensor) or WORD_STARTS in batch
+        not isinstance(labels, torch.Tensor) or not isinstance(grid, torch.Tensor) or LABELLED_TOKENS in batch
         or labels.ndim != 2 or labels.shape != grid.shape
         or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool
     ):
@@ -231,7 +230,7 @@ def labelled_positions(batch: Mapping[str, Any]) -> Mapping[str, Any]:
     mask = batch.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.shape == kept.shape:
         kept &= mask.to(kept.device).bool()
-    return {**batch, WORD_STARTS: kept}
+    return {**batch, LABELLED_TOKENS: kept}
 
 
 @dataclass
@@ -429,12 +428,13 @@ class DLRCallback(TrainerCallback, ExportableState):
     def _measure_and_log(self, name: str, prefix: str) -> None:
         """Measure probe ``name`` in a pass of its own; publish what could be measured, the rest as missing."""
         problems: list[str] = []
-        probe = self._probe(name)
-        initial = probe.initial_features if self.options.baselines else None
+        probe = self._attempt(problems, "D_LR", lambda: self._probe(name))  # e.g. an eval set the Trainer does not hold
+        initial = probe.initial_features if probe is not None and self.options.baselines else None
         measurement = self._measurement(initial_features=initial)
-        ran = self._attempt(problems, "D_LR", lambda: self._run(measurement, name)) is not None
+        ran = probe is not None and self._attempt(problems, "D_LR", lambda: self._run(measurement, name)) is not None
         self._reduce_and_publish(
-            name, prefix, measurement, ran, initial, problems, dlr_initial=probe.initial_dlr if self.options.baselines else None
+            name, prefix, measurement, ran, initial, problems,
+            dlr_initial=probe.initial_dlr if probe is not None and self.options.baselines else None,
         )
 
     def _reduce_and_publish(
@@ -850,6 +850,11 @@ class DLRCallback(TrainerCallback, ExportableState):
         dataset = self.probe_dataset
         if dataset is None:
             evals = trainer.eval_dataset
+            if isinstance(evals, dict) and name not in evals:
+                raise InvalidArgumentError(
+                    f"no probe for {name!r}: it is not one of the Trainer's eval datasets ({', '.join(map(repr, evals))}), "
+                    "e.g. an evaluate(eval_dataset={...}) with new names; pass probe_dataset= to measure one fixed probe"
+                )
             dataset = evals[name] if isinstance(evals, dict) else evals
         if dataset is None:
             dataset = trainer.train_dataset

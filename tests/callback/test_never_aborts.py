@@ -275,3 +275,18 @@ def test_evaluate_before_training_has_no_reference_and_no_warning(tmp_path, capl
     assert "eval_s_init" not in row and "eval_param_change" not in row and "warning" not in row
     assert "eval_dlr_change" not in row and "eval_dlr_initial" not in row
     assert not warnings_of(caplog) and not callback.warnings
+
+
+def test_an_eval_set_without_a_probe_is_a_warning_not_a_crash(tmp_path):
+    """Per-set probes over a dict of eval datasets, then evaluate() on a set the Trainer never held: that
+    measurement is missing with the reason, the Trainer's evaluation itself completes."""
+    callback = DLRCallback(source="probe", num_samples=64)
+    trainer = make_trainer(tmp_path, max_steps=5, eval_steps=5, eval_dict=True, callback=callback)
+    trainer.train()
+    new = with_pixels(digits_dataset()["test"].select(range(40)), image_processor())
+    metrics = trainer.evaluate(eval_dataset={"new": new})
+    assert "eval_new_loss" in metrics
+    (row,) = [row for row in callback.history if row["probe"] == "new"]
+    assert math.isnan(row["eval_new_dlr"]) and "no probe for 'new'" in row["warning"]
+    assert "eval_new_dlr" not in {key for entry in trainer.state.log_history for key in entry}
+    assert any("no probe for 'new'" in warning for warning in callback.warnings)
