@@ -18,14 +18,15 @@ from transformers import Trainer, TrainingArguments
 
 from dlr_hf import DLRCallback
 from dlr_hf.engine.demo import digits_dataset, tiny_vit, trainer_rows
-from dlr_hf.surfaces.plots import trajectory_figure
+from dlr_hf.surfaces.plots import save_figure, trajectory_figure
 
 
 def accuracy(prediction) -> dict[str, float]:
     return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
 
 
-def train(regime: str, train_rows, eval_rows, output: Path, steps: int) -> list[dict]:
+def train(regime: str, train_rows, eval_rows, output: Path, steps: int) -> tuple[list[dict], str]:
+    """The run's logged evaluations, and the callback's calibrated verdict on its last one."""
     model = tiny_vit()
     if regime == "lazy":
         for name, param in model.named_parameters():
@@ -35,12 +36,15 @@ def train(regime: str, train_rows, eval_rows, output: Path, steps: int) -> list[
         learning_rate=1e-2 if regime == "lazy" else 1e-3, eval_strategy="steps", eval_steps=max(steps // 10, 1),
         logging_steps=max(steps // 10, 1), save_strategy="no", use_cpu=True, report_to=[], seed=0, disable_tqdm=True,
     )
+    callback = DLRCallback(num_samples=360)
     trainer = Trainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-        compute_metrics=accuracy, callbacks=[DLRCallback(num_samples=360)],
+        compute_metrics=accuracy, callbacks=[callback],
     )
     trainer.train()
-    return [row for row in trainer.state.log_history if "eval_dlr" in row or "eval_accuracy" in row]
+    verdict = callback.verdicts.get("eval_dlr")
+    rows = [row for row in trainer.state.log_history if "eval_dlr" in row or "eval_accuracy" in row]
+    return rows, verdict.text if verdict is not None else "no verdict (D_LR at step 0 unknown)"
 
 
 def main() -> None:
@@ -54,16 +58,16 @@ def main() -> None:
     series: dict[str, list] = {}
     steps: list[int] = []
     for regime in ("rich", "lazy"):
-        rows = {row["step"]: row for row in train(regime, train_rows, eval_rows, args.output, args.steps) if "eval_dlr" in row}
+        logged, verdict = train(regime, train_rows, eval_rows, args.output, args.steps)
+        rows = {row["step"]: row for row in logged if "eval_dlr" in row}
         steps = sorted(rows)
         series[f"{regime} D_LR"] = [rows[s]["eval_dlr"] for s in steps]
         series[f"{regime} accuracy"] = [rows[s].get("eval_probe_accuracy") for s in steps]
-        print(f"{regime}: final D_LR {series[f'{regime} D_LR'][-1]:.3f}, accuracy {series[f'{regime} accuracy'][-1]:.3f}")
+        print(f"{regime}: final D_LR {series[f'{regime} D_LR'][-1]:.3f}, accuracy {series[f'{regime} accuracy'][-1]:.3f} — {verdict}")
     figure = trajectory_figure(steps, series)
     figure.axes[0].set_title("Rich vs lazy training on digits: D_LR separates them, accuracy does not")
-    args.output.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.output / "rich_vs_lazy.png", dpi=110)
-    print(f"plot written to {args.output / 'rich_vs_lazy.png'}")
+    path = save_figure(figure, args.output / "rich_vs_lazy.png")
+    print(f"plot written to {path}")
 
 
 if __name__ == "__main__":
