@@ -37,6 +37,7 @@ from transformers import (  # noqa: E402
 )
 
 from dlr_hf import DLRCallback  # noqa: E402
+from dlr_hf.surfaces.plots import save_figure  # noqa: E402
 
 REGIMES = {"lora": 1e-3, "full": 1e-4, "head only": 1e-3}  # learning rates (LoRA's usual 10× above full)
 
@@ -114,16 +115,15 @@ def main() -> None:
         for axis, key in zip(axes, ("eval_dlr", "eval_s_init", "eval_probe_accuracy")):
             axis.plot(steps, [row.get(key, np.nan) for row in rows], marker="o", label=regime)
         last = rows[-1]
-        print(f"{regime}: D_LR {last['eval_dlr']:.3f}, S_init {last.get('eval_s_init', float('nan')):.3f}, "
+        print(f"{regime}: D_LR {last['eval_dlr']:.3f} (change from the pretrained model "
+              f"{last.get('eval_dlr_change', float('nan')):+.3f}), S_init {last.get('eval_s_init', float('nan')):.3f}, "
               f"param change {last.get('eval_param_change', float('nan')):.4f}, accuracy {last['eval_probe_accuracy']:.3f}")
     for axis, title in zip(axes, ("D_LR (0 = rich, 1 = lazy)", "S_init (CKA to the pretrained features)", "test accuracy")):
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     axes[0].legend()
-    args.output.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.output / "lora_vs_full.png", dpi=110)
-    print(f"plot written to {args.output / 'lora_vs_full.png'}")
+    print(f"plot written to {save_figure(figure, args.output / 'lora_vs_full.png')}")
 
 
 if __name__ == "__main__":
