@@ -28,6 +28,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers.pytorch_utils import Conv1D
 from tqdm.auto import tqdm
 
 from dlr_hf.engine.options import MeasurementOptions
@@ -488,8 +489,9 @@ def _first_rows(batch: Batch, count: int) -> dict[str, torch.Tensor]:
 
 
 def _tapped_dim(model: nn.Module, head: HeadInfo, layer: str | None) -> int:
-    """p: the head's input width, or the tapped layer's (an nn.Linear, or GPT-2's Conv1D with ``nx``)."""
+    """p: the head's input width, or the tapped layer's (an nn.Linear or a LoRA layer around one, with
+    ``in_features``; GPT-2's Conv1D with ``nx``)."""
     if layer is None:
         return head.feature_dim
     module = model.get_submodule(layer)
-    return module.in_features if isinstance(module, nn.Linear) else module.nx
+    return module.nx if isinstance(module, Conv1D) else module.in_features

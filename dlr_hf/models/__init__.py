@@ -16,7 +16,7 @@ from dlr_hf.models.head import (
     require_head,
 )
 from dlr_hf.models.positions import CONTENT_TOKENS, LABELLED_TOKENS, WORD_STARTS, model_inputs
-from dlr_hf.models.tap import FeatureTap, Samples
+from dlr_hf.models.tap import FeatureTap, Samples, find_linear_layer, is_linear_layer
 
 __all__ = [
     "BLOCKS",
@@ -27,6 +27,8 @@ __all__ = [
     "profile_tap",
     "CONTENT_TOKENS",
     "WORD_STARTS",
+    "find_linear_layer",
+    "is_linear_layer",
     "LABELLED_TOKENS",
     "FeatureTap",
     "HeadInfo",

@@ -31,12 +31,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from dlr_hf.errors import LayerNotFoundError
 from dlr_hf.models.head import HeadInfo
 from dlr_hf.models.positions import averaged_first_tokens, eos_positions
-from dlr_hf.models.tap import FeatureTap, _Capture, _find_layer
+from dlr_hf.models.tap import FeatureTap, _Capture, find_linear_layer, is_linear_layer
 
 BLOCKS = "blocks"
 """``layers=`` value for the hidden state after every block."""
@@ -93,15 +92,15 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def _matching_linears(model: nn.Module, pattern: str) -> list[str]:
     """Paths of the linear layers a pattern matches (``*`` = one path part); a plain path must name one."""
     if "*" not in pattern:
-        _find_layer(model, pattern)  # raises LayerNotFoundError with close matches
+        find_linear_layer(model, pattern)  # raises LayerNotFoundError with close matches
         return [pattern]
     regex = re.compile("[^.]+".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
     found = [
         path for path, module in model.named_modules()
-        if regex.match(path) and isinstance(module, (nn.Linear, Conv1D))
+        if regex.match(path) and is_linear_layer(module)
     ]
     if not found:
-        linears = [path for path, module in model.named_modules() if isinstance(module, (nn.Linear, Conv1D))]
+        linears = [path for path, module in model.named_modules() if is_linear_layer(module)]
         raise LayerNotFoundError(
             f"the pattern {pattern!r} matches no linear layer of {type(model).__name__} ('*' stands for one part of "
             f"a module path); its linear layers are e.g. {', '.join(repr(p) for p in linears[:3])}"

@@ -17,6 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from dlr_hf.errors import HeadNotFoundError, LayerNotFoundError, ShapeMismatchError
+from dlr_hf.models.adapters import is_lora_linear
 from dlr_hf.models.head import HeadInfo, model_logits, select_positions
 from dlr_hf.models.positions import frame_mask, kept_positions
 
@@ -51,13 +52,19 @@ class _Capture:
         self.input = self.output = None
 
 
-def _find_layer(model: nn.Module, layer: str) -> nn.Module:
-    """The linear layer (nn.Linear, or transformers' Conv1D used by GPT-2) at a module path."""
+def is_linear_layer(module: nn.Module | None) -> bool:
+    """A layer whose input layer-wise D_LR can read: nn.Linear, transformers' Conv1D (GPT-2), or a PEFT LoRA
+    layer around an nn.Linear (its input is its base layer's input)."""
+    return isinstance(module, (nn.Linear, Conv1D)) or (module is not None and is_lora_linear(module))
+
+
+def find_linear_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The linear layer (``is_linear_layer``) at a module path; LayerNotFoundError with close matches otherwise."""
     modules = dict(model.named_modules())
     module = modules.get(layer)
-    if isinstance(module, (nn.Linear, Conv1D)):
+    if is_linear_layer(module):
         return module
-    valid = [p for p, m in modules.items() if isinstance(m, (nn.Linear, Conv1D))]
+    valid = [p for p, m in modules.items() if is_linear_layer(m)]
     close = difflib.get_close_matches(layer, valid, n=3)
     what = "does not exist" if module is None else f"is a {type(module).__name__}, not a linear layer"
     examples = close or valid[:3] + valid[-3:]
@@ -123,7 +130,7 @@ class FeatureTap:
     # Layer-wise mode reads a linear layer's input; a subclass (``dlr_hf.models.blocks.BlockTap``)
     # reads a block's output instead by overriding these four.
     def _tapped_module(self, model: nn.Module, layer: str) -> nn.Module:
-        return _find_layer(model, layer)
+        return find_linear_layer(model, layer)
 
     def _capture_layer(self) -> _Capture:
         return _Capture(self._layer_module, keep_input=True, keep_output=False)

@@ -92,12 +92,11 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
 
 from dlr_hf.engine import CALLBACK, DLRResult, HeadInfo, Measurement, MeasurementOptions, Verdict, parameter_snapshot, subsample_indices
 from dlr_hf.engine import verdict as engine_verdict
-from dlr_hf.engine import ADAPTER_BASE, LABELLED_TOKENS, is_adapter_model
+from dlr_hf.engine import ADAPTER_BASE, LABELLED_TOKENS, find_linear_layer, is_adapter_model
 from dlr_hf.errors import DLRError, InvalidArgumentError, LayerNotFoundError, TooFewSamplesError
 
 log = logging.getLogger(__name__)
@@ -957,14 +956,11 @@ def _every_n_steps(value: Any) -> int:
 
 
 def _check_layer(model: nn.Module, layer: str) -> None:
-    """``layer=`` must name a linear layer (nn.Linear, or GPT-2's Conv1D) of the model being trained."""
-    module = dict(model.named_modules()).get(layer)
-    if not isinstance(module, (nn.Linear, Conv1D)):
-        what = "does not exist" if module is None else f"is a {type(module).__name__}, not a linear layer"
-        raise LayerNotFoundError(
-            f"DLRCallback(layer={layer!r}): that module {what} in {type(model).__name__}; pass the module "
-            "path of an nn.Linear (see model.named_modules())"
-        )
+    """``layer=`` must name a linear layer of the model being trained (LayerNotFoundError with close matches)."""
+    try:
+        find_linear_layer(model, layer)
+    except LayerNotFoundError as error:
+        raise LayerNotFoundError(f"DLRCallback(layer={layer!r}): {error}") from None
 
 
 def _is_reference(saved: Any) -> bool:

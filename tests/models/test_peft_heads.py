@@ -172,3 +172,29 @@ def test_dlr_hf_imports_and_measures_without_peft():
         "import dlr_hf.metric; assert 'peft' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_lora_layer_can_be_named_for_layer_wise_dlr():
+    """layer= on a LoRA-wrapped projection reads its input (what its base layer reads), computed here by
+    hand from the block's layernorm; patterns reach the LoRA layers too."""
+    adapted, _, pixels = vit_case()
+    path = "base_model.model.vit.layers.1.attention.v_proj"
+    assert type(adapted.get_submodule(path)).__name__ == "Linear" and hasattr(adapted.get_submodule(path), "lora_A")
+    batches = [{"pixel_values": pixels[:8]}, {"pixel_values": pixels[8:]}]
+    measurement = Measurement(adapted, make_accelerator(), MeasurementOptions(layer=path))
+    measurement.run(batches)
+    captured = []
+    norm = adapted.get_submodule("base_model.model.vit.layers.1.layernorm_before")
+    handle = norm.register_forward_hook(lambda module, args, out: captured.append(out.detach()))
+    try:
+        with torch.no_grad():
+            logits = adapted(pixel_values=pixels).logits
+    finally:
+        handle.remove()
+    tokens = captured[0]  # (16, tokens, 32): every token is a sample of a per-token projection, pooled per image
+    expected = compute_dlr(tokens.double().mean(dim=1), logits.double())
+    assert measurement.result().dlr == pytest.approx(expected.dlr, abs=1e-8)
+    profile = Measurement(adapted, make_accelerator(), MeasurementOptions(layers="base_model.model.vit.layers.*.attention.v_proj"))
+    profile.run(batches)
+    assert [reading.module_path for reading in profile.profile()] == [
+        "base_model.model.vit.layers.0.attention.v_proj", path]
