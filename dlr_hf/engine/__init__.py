@@ -16,7 +16,7 @@ from dlr_hf.engine.options import APP, CALLBACK, CLI, MeasurementOptions
 from dlr_hf.engine.report import MANY_SCHEMA, SCHEMA, EvaluationReport, Verdict, check_writable, reading, verdict, write_atomic
 from dlr_hf.engine.settings import looks_like_path, require_existing
 from dlr_hf.metric import DLRResult, parameter_snapshot
-from dlr_hf.models import LABELLED_TOKENS, HeadInfo, find_linear_layer
+from dlr_hf.models import LABELLED_TOKENS, HeadInfo, find_linear_layer, is_linear_layer
 from dlr_hf.models.adapters import is_adapter_model
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "evaluate",
     "find_linear_layer",
     "is_adapter_model",
+    "is_linear_layer",
     "load_data",
     "load_model",
     "looks_like_path",

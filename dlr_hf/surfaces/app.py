@@ -51,6 +51,7 @@ from dlr_hf.engine import (
     MeasurementOptions,
     ensure_demo,
     evaluate,
+    is_linear_layer,
     load_data,
     load_model,
     looks_like_path,
@@ -784,8 +785,9 @@ def _base_model_name(folder: Path) -> str | None:
 
 
 def linear_layer_patterns(model: torch.nn.Module) -> list[str]:
-    """Module paths of the model's linear layers, block numbers replaced by ``*`` (one pattern per kind of layer)."""
-    paths = (name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear))
+    """Module paths of the model's linear layers (``is_linear_layer``: GPT-2's Conv1D and LoRA layers too), block
+    numbers replaced by ``*`` (one pattern per kind of layer)."""
+    paths = (name for name, module in model.named_modules() if is_linear_layer(module))
     return list(dict.fromkeys(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", path) for path in paths))
 
 

@@ -391,3 +391,27 @@ def test_a_shared_link_fills_the_evaluate_fields(app, demo_paths):
     # a page without such a link leaves the result area alone
     untouched = app.evaluate_linked(*example_args(demo_paths), session=Visit({"seed": "3"}))
     assert all(isinstance(value, dict) for value in untouched)
+
+
+def test_layer_choices_include_conv1d_and_lora_layers():
+    """GPT-2's projections are Conv1D and a PEFT model's are LoRA layers: both are offered, each a pattern that
+    measures (the LoRA layer itself, not only its base_layer)."""
+    import sys
+
+    import peft
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    import model_builders as mb
+
+    from dlr_hf.engine import Measurement, MeasurementOptions, make_accelerator
+    from dlr_hf.surfaces.app import linear_layer_patterns
+
+    gpt2 = mb.build("gpt2")
+    assert {"transformer.h.*.attn.c_attn", "transformer.h.*.mlp.c_fc", "score"} <= set(linear_layer_patterns(gpt2))
+    adapted = peft.get_peft_model(mb.build("bert"), peft.LoraConfig(r=2, target_modules=["query"]))
+    patterns = linear_layer_patterns(adapted)
+    assert "base_model.model.bert.encoder.layer.*.attention.self.query" in patterns
+    measurement = Measurement(adapted, make_accelerator(),
+                              MeasurementOptions(layers="base_model.model.bert.encoder.layer.*.attention.self.query"))
+    measurement.run([mb.text_batch()])
+    assert len(measurement.profile()) == 2
