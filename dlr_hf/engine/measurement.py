@@ -65,13 +65,24 @@ MAX_PROFILE_OUTPUTS = 4096
 
 @dataclass(frozen=True)
 class LayerReading:
-    """One layer of a richness profile: D_LR of its features against the final logits, and S_init."""
+    """One layer of a richness profile: D_LR of its features against the final logits, and S_init.
+
+    With a reference model, ``s_init`` (linear CKA to the reference's same layer) and ``initial``: D_LR
+    of the reference's same-layer features against the reference's logits, on the same batches — the
+    layer's value at initialisation (None without a reference, or where it is undefined, e.g. an
+    initial head that outputs constants).
+    """
 
     name: str
     depth: int
     module_path: str
     result: DLRResult
     s_init: float | None
+    initial: DLRResult | None = None
+
+    @property
+    def dlr_initial(self) -> float | None:
+        return None if self.initial is None else self.initial.dlr
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``layers`` row (schema in ``dlr_hf.engine.report``)."""
@@ -81,7 +92,12 @@ class LayerReading:
             "dlr": r.dlr, "rank": r.rank, "feature_rank": r.feature_rank, "effective_rank": r.effective_rank,
             "degenerate": r.degenerate, "num_samples": r.num_samples,
         }
-        return row if self.s_init is None else {**row, "s_init": self.s_init}
+        if self.s_init is not None:
+            row["s_init"] = self.s_init
+        if self.initial is not None:
+            row["dlr_initial"] = self.initial.dlr
+            row["dlr_change"] = r.dlr - self.initial.dlr
+        return row
 
 
 @dataclass
@@ -96,7 +112,7 @@ class _Site:
     reference_tap: FeatureTap | None = None
     cka: LinearCKAAccumulator | None = None
     initial_dlr: DLRAccumulator | None = None
-    """D_LR at initialisation: the reference model's own features and outputs (the primary site only)."""
+    """D_LR at initialisation: the reference model's own features and outputs (with a reference model)."""
     reference_head: HeadInfo | None = None
     initial: list[torch.Tensor] | None = None
     recorded: list[torch.Tensor] | None = None
@@ -295,7 +311,8 @@ class Measurement:
         """D_LR of every layer of ``options.layers``, shallow to deep ([] without ``layers``).
 
         Reads the statistics fed (after ``reduce_dlr()`` and, for S_init, ``reduce_s_init()`` when several
-        processes). S_init is None unless a reference model runs beside this one.
+        processes). S_init and D_LR at initialisation (``initial``) are None unless a reference model
+        runs beside this one; ``initial`` is also None where it is undefined (e.g. constant initial logits).
         """
         return [
             LayerReading(
@@ -304,6 +321,7 @@ class Measurement:
                 module_path=site.profiled.module_path,
                 result=site.accumulator.compute(),
                 s_init=None if site.reference_tap is None else site.cka.compute(),
+                initial=_initial_or_none(site.initial_dlr),
             )
             for site in self._sites
             if site.profiled is not None
@@ -385,6 +403,8 @@ class Measurement:
             make_tap = partial(profile_tap, layer=profiled)
             site = self._new_site(profiled.name, make_tap, profiled.module_path, reference_head, block=profiled.is_block)
             site.profiled = profiled
+            if reference_head is not None:  # the layer at initialisation: the reference's features and logits
+                site.initial_dlr = self._dlr_accumulator(site.layer, site.accumulator.feature_dim)
             sites.append(site)
         return sites
 
@@ -476,6 +496,16 @@ def locate_like(model: nn.Module, head: HeadInfo, names: tuple[str, str] = ("the
             "checkpoint of the same architecture and number of classes"
         )
     return relocate(head, model)
+
+
+def _initial_or_none(accumulator: DLRAccumulator | None) -> DLRResult | None:
+    """A profiled layer's D_LR at initialisation; None without a reference, or where it is undefined."""
+    if accumulator is None:
+        return None
+    try:
+        return accumulator.compute()
+    except DLRError:
+        return None
 
 
 def _rows(batch: Batch) -> int:

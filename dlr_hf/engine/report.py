@@ -37,7 +37,9 @@ Every field is documented in ``docs/report-schema.md``. Top-level keys:
   shallowest layer profiled), ``module_path`` (the block, or the linear layer whose input is read),
   ``feature_dim`` (p), ``dlr`` (layer-wise D_LR: that layer's features against the final logits),
   ``rank`` (r of the logits), ``feature_rank``, ``effective_rank``, ``degenerate``, ``num_samples``,
-  and ``s_init`` (linear CKA to the reference model's same layer) when a reference is given
+  and, when a reference is given, ``s_init`` (linear CKA to the reference model's same layer),
+  ``dlr_initial`` (D_LR of the reference's same layer against the reference's logits, on the same
+  batches) and ``dlr_change`` (``dlr`` − ``dlr_initial``)
 * ``settings`` — every ``MeasurementOptions`` field (``num_samples`` cap, ``batch_size``, ``layer``, ``layers``,
   ``seed``, ``reference`` when given, ``rtol``, ``precision``, ``max_length``, ``baselines``), and
   ``num_processes``, ``device``, ``device_map``
@@ -299,14 +301,18 @@ def profile_table(layers: list[dict[str, Any]]) -> list[str]:
     if not layers:
         return []
     s_init = any("s_init" in row for row in layers)
+    change = any("dlr_change" in row for row in layers)
     width = max(len(row["name"]) for row in layers)
-    header = f"{'layer':<{width}}  depth      p    D_LR  rank  feat.rank  eff.rank" + ("  S_init" if s_init else "")
+    header = (f"{'layer':<{width}}  depth      p    D_LR  rank  feat.rank  eff.rank" + ("  S_init" if s_init else "")
+              + ("   change" if change else ""))
     lines = ["profile  D_LR of each layer's features against the final logits", "  " + header]
     for row in layers:
         line = (f"{row['name']:<{width}}  {row['depth']:>5}  {row['feature_dim']:>5}  {row['dlr']:.4f}  {row['rank']:>4}"
                 f"  {row['feature_rank']:>9}  {row['effective_rank']:>8.1f}")
         if s_init:
             line += f"  {row['s_init']:.4f}" if "s_init" in row else "       —"
+        if change:
+            line += f"  {row['dlr_change']:+.4f}" if "dlr_change" in row else "        —"
         lines.append("  " + line + ("  (degenerate)" if row["degenerate"] else ""))
     return lines
 

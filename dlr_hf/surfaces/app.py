@@ -77,7 +77,7 @@ BASELINE_COLUMNS = ["measure", "value", "meaning"]
 COMPARE_COLUMNS = ["run", "checkpoint", "D_LR", "accuracy", "change", "verdict", "step", "rank r", "p", "C", "from history"]
 """The numbers right after the names, so that run, checkpoint, D_LR and accuracy fit a phone's width; then the change
 from the run's initial (its reference, or its first checkpoint) and the verdict label ("(abs)": on the absolute scale)."""
-PROFILE_COLUMNS = ["model", "layer", "D_LR", "S_init", "depth", "p", "rank r", "effective rank"]
+PROFILE_COLUMNS = ["model", "layer", "D_LR", "S_init", "change", "depth", "p", "rank r", "effective rank"]
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "tokenizer.json")
 """Files whose presence means a checkpoint folder carries its own tokenizer / image processor."""
 PROCESSOR_MODALITIES = ("image", "text", "audio")
@@ -634,7 +634,7 @@ class DLRApp:
             profile = ([report.layers for report in reports], [entry.label for entry in entries], [report.dlr for report in reports])
             table = pd.DataFrame(
                 [[entry.label, row["name"], round(row["dlr"], 4), round(row["s_init"], 4) if "s_init" in row else None,
-                  row["depth"], row["feature_dim"], row["rank"], round(row["effective_rank"], 1)]
+                  round(row["dlr_change"], 4) if "dlr_change" in row else None, row["depth"], row["feature_dim"], row["rank"], round(row["effective_rank"], 1)]
                  for entry, report in zip(entries, reports) for row in report.layers],
                 columns=PROFILE_COLUMNS,
             )

@@ -266,6 +266,8 @@ def test_layers_view_overlays_the_profiles_of_rich_and_lazy(app, demo_paths):
         assert list(rows["layer"]) == [row["name"] for row in expected.layers]
         assert list(rows["D_LR"]) == pytest.approx([row["dlr"] for row in expected.layers], abs=5e-5)
         assert list(rows["S_init"]) == pytest.approx([row["s_init"] for row in expected.layers], abs=5e-5)
+        assert list(rows["change"]) == pytest.approx([row["dlr"] - row["dlr_initial"] for row in expected.layers], abs=5e-5)
+    assert list(table.columns[:5]) == ["model", "layer", "D_LR", "S_init", "change"]  # the first four pinned by CSS
     assert summary.startswith(f"**{len(expected.layers)} layers of 2 models** (blocks)")
     models = list(table["model"].unique())
     assert [trace.name for trace in figure.data if trace.showlegend is not False] == models
@@ -288,7 +290,7 @@ def test_layer_choices_offer_blocks_and_the_linear_layers(app, demo_paths):
     # a listed pattern is measured as offered
     _, _, table, _, _ = app.layers_ui(str(demo_paths["rich"]), str(demo_paths["data"]), "", "test",
                                        "vit.layers.*.mlp.fc2", 24, 24, 0, "")
-    assert len(table) == 2 and table["S_init"].isna().all()
+    assert len(table) == 2 and table["S_init"].isna().all() and table["change"].isna().all()
 
 
 def test_a_run_saved_without_a_processor_finds_its_run_folders(app, demo_paths, tmp_path):

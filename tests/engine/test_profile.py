@@ -28,7 +28,7 @@ def test_evaluate_reports_every_block_of_the_measured_examples(tokenizer):
         assert (row["depth"], row["module_path"], row["feature_dim"], row["rank"], row["feature_rank"]) == (
             index + 1, f"bert.encoder.layer.{index}", 32, expected.rank, expected.feature_rank)
         assert row["effective_rank"] == pytest.approx(expected.effective_rank, rel=1e-7)  # float32 rounding floor
-        assert "s_init" not in row
+        assert "s_init" not in row and "dlr_initial" not in row and "dlr_change" not in row
     document = json.loads(report.to_json())
     assert document["schema"] == SCHEMA == "dlr-hf/report/v3" and document["layers"] == report.layers
     assert EvaluationReport.from_dict(document).layers == report.layers
@@ -52,4 +52,9 @@ def test_cli_prints_the_table_and_plots_the_profile_of_every_model(demo_cache, d
     assert [row["s_init"] for row in rich["layers"]] == pytest.approx([row["s_init"] for row in expected.layers], abs=1e-12)
     assert len(rich["layers"]) == len(lazy["layers"]) == 2 and all("s_init" in row for row in rich["layers"])
     assert printed.count("S_init") >= 2 and "block_01" in printed
+    for row in rich["layers"]:  # with a reference: each layer's D_LR at initialisation and the change from it
+        assert row["dlr_change"] == pytest.approx(row["dlr"] - row["dlr_initial"], abs=1e-12)
+        assert f"{row['dlr_change']:+.4f}" in printed
+    assert [row["dlr_initial"] for row in rich["layers"]] == pytest.approx([row["dlr_initial"] for row in lazy["layers"]], abs=1e-12)
+    assert printed.count("change") >= 2
     assert plot.stat().st_size > 0 and (tmp_path / "plots" / "report-layers.png").stat().st_size > 0

@@ -284,6 +284,37 @@ def test_profile_s_init_is_cka_to_the_reference_models_same_block():
         assert reading.s_init == pytest.approx(linear_cka(phi0, phi), abs=1e-10)
 
 
+@pytest.mark.parametrize("layers", ["blocks", "vit.layers.*.mlp.fc2, classifier"])
+def test_profile_dlr_initial_is_the_reference_models_own_profile(layers):
+    """Each layer's D_LR at initialisation is the reference's profile measured alone (its features against
+    its own logits, pinned by hand above), from the same single forward of each model per batch."""
+    model, batches = mb.build("vit"), image_batches()
+    torch.manual_seed(1)
+    reference = mb._BUILDERS["vit"]().eval()
+    reference_calls = []
+    handle = reference.register_forward_hook(lambda m, args, out: reference_calls.append(1))
+    try:
+        measurement, forwards = profiled(model, batches, MeasurementOptions(layers=layers), reference=reference)
+    finally:
+        handle.remove()
+    assert forwards == len(batches) and len(reference_calls) == len(batches)
+    alone, _ = profiled(reference, batches, MeasurementOptions(layers=layers))
+    profile, expected = measurement.profile(), alone.profile()
+    assert [r.name for r in profile] == [r.name for r in expected] and len(profile) >= 2
+    for reading, initial in zip(profile, expected):
+        assert reading.initial is not None and reading.initial.num_samples == initial.result.num_samples
+        assert reading.dlr_initial == pytest.approx(initial.result.dlr, abs=1e-10), reading.name
+        assert (reading.initial.rank, reading.initial.feature_rank) == (initial.result.rank, initial.result.feature_rank)
+        row = reading.to_dict()
+        assert row["dlr_initial"] == reading.dlr_initial
+        assert row["dlr_change"] == pytest.approx(reading.result.dlr - reading.dlr_initial, abs=1e-15)
+        assert "dlr_initial" not in initial.to_dict() and "dlr_change" not in initial.to_dict() and initial.initial is None
+    if layers == "blocks":  # the blocks' reference values, by hand: its CLS features against its own logits
+        phi0, logits0 = by_hand(reference, batches, cls, None)
+        for reading, features in zip(profile, phi0):
+            assert abs(reading.dlr_initial - compute_dlr(features, logits0).dlr) <= TOL, reading.name
+
+
 def test_wide_outputs_are_refused_for_a_profile():
     import transformers as tf
 
