@@ -52,7 +52,12 @@ through ``trainer.log`` like the other values; the value at step 0 itself, a con
 not logged: it is ``eval_dlr_initial`` in ``callback.history`` / ``dlr_history.*`` and
 ``callback.initial_dlr`` (``{"eval_dlr": 0.46}``, by the key it calibrates). It is kept in the
 step-0 reference file too, so a resumed run still reports the change (a reference written before it
-existed: the change is missing, with a warning). At train end ``callback.verdicts`` holds the
+existed: the change is missing, with a warning). With ``layers=`` the same step-0 pass feeds the
+profile too (one reduction with the head), so every layer also publishes ``eval_dlr_change/<layer>``
+(its D_LR minus its own value at step 0; ``eval_dlr_initial/<layer>`` history only, and in
+``callback.initial_dlr`` as ``"eval_dlr/<layer>"``), kept in the reference file beside the head's; a
+layer's change is published only where the head's is (missing for the same reason, no warning of its
+own; a reference without the per-layer values: one warning, the layers' changes left out). At train end ``callback.verdicts`` holds the
 engine's calibrated verdict (``dlr_hf.engine.verdict``: change, tolerance ±0.05, S_init) on the last
 measurement of each key, e.g. ``verdicts["eval_dlr"].label`` "rich" or "lazy"; the main process logs
 each as one ``logging`` INFO line.
@@ -127,6 +132,8 @@ class _Probe:
     initial_features: list[torch.Tensor] | None = None
     initial_dlr: float | None = None
     """D_LR of the model at step 0 over this probe (None: unknown)."""
+    initial_profile: dict[str, float] = field(default_factory=dict)
+    """With ``layers=``: each layer's D_LR at step 0 over this probe (a layer left out: unknown)."""
 
 
 @dataclass
@@ -272,9 +279,11 @@ class DLRCallback(TrainerCallback, ExportableState):
         options: the measurement settings in force.
         history: one row per measurement (step, epoch, probe, values; NaN where a value is missing,
             with the reason under ``"warning"``); with baselines, also ``dlr_initial`` (not logged)
-            and ``dlr_change`` under each prefix.
+            and ``dlr_change`` under each prefix (with ``layers=``, ``dlr_initial/<layer>`` and
+            ``dlr_change/<layer>`` too).
         initial_dlr: D_LR of the model at step 0, by the key of the D_LR it calibrates
-            (``{"eval_dlr": 0.46}``); empty without baselines or before training.
+            (``{"eval_dlr": 0.46}``; with ``layers=`` also ``"eval_dlr/<layer>"``); empty without
+            baselines or before training.
         verdicts: at train end, the engine's ``Verdict`` on the last measurement of each D_LR key
             whose change is known (``{"eval_dlr": Verdict(label="rich", ...)}``).
         warnings: every warning this process's callback logged, in order.
@@ -304,6 +313,7 @@ class DLRCallback(TrainerCallback, ExportableState):
         self._evaluation_features: dict[str, list[torch.Tensor]] = {}  # by metric prefix: step-0 features
         self._evaluation_checksums: dict[str, list[float]] = {}  # by metric prefix: the step-0 pass's input sums
         self._evaluation_dlr: dict[str, float] = {}  # by metric prefix: D_LR of the step-0 pass
+        self._evaluation_profile: dict[str, dict[str, float]] = {}  # by metric prefix: {layer: D_LR at step 0}
         self._last: dict[str, tuple[int, DLRResult, float, float | None]] = {}  # by key prefix: the last calibrated reading
         self.verdicts: dict[str, Verdict] = {}
         self._rides: dict[str, _Ride] = {}  # by metric prefix: the evaluation pass just tapped
@@ -392,6 +402,7 @@ class DLRCallback(TrainerCallback, ExportableState):
             self._head = measurement.head or self._head
         initial = self._evaluation_features.get(prefix) if self.options.baselines else None
         dlr_initial = self._evaluation_dlr.get(prefix) if self.options.baselines else None
+        profile_initial = self._evaluation_profile.get(prefix, {})
         other_examples = change_problem = None
         if ride is not None and not ride.same_examples(self._evaluation_checksums.get(prefix)):
             unlike = f"this evaluation's examples are not those {prefix!r} had at step 0"
@@ -401,7 +412,7 @@ class DLRCallback(TrainerCallback, ExportableState):
                 dlr_initial, change_problem = None, f"dlr_change: {unlike}"
         self._reduce_and_publish(
             name, f"{prefix}_", measurement, failure is None, initial, [failure] if failure else [], other_examples,
-            dlr_initial=dlr_initial, change_problem=change_problem,
+            dlr_initial=dlr_initial, change_problem=change_problem, profile_initial=profile_initial,
         )
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -434,17 +445,20 @@ class DLRCallback(TrainerCallback, ExportableState):
         self._reduce_and_publish(
             name, prefix, measurement, ran, initial, problems,
             dlr_initial=probe.initial_dlr if probe is not None and self.options.baselines else None,
+            profile_initial=probe.initial_profile if probe is not None else {},
         )
 
     def _reduce_and_publish(
         self, name: str, prefix: str, measurement: Measurement, ran: bool, initial: list[torch.Tensor] | None,
         problems: list[str], s_init_problem: str | None = None, *, dlr_initial: float | None = None,
-        change_problem: str | None = None,
+        change_problem: str | None = None, profile_initial: Mapping[str, float] | None = None,
     ) -> None:
         """Reduce this process's statistics of ``measurement`` with the others' and publish (collective).
 
         ``dlr_initial``: D_LR at step 0 of the same examples, for ``dlr_change`` (None: unknown, for
         ``change_problem`` or, by default, because it was never measured or is lost).
+        ``profile_initial``: with ``layers=``, each layer's D_LR at step 0 of the same examples, for
+        ``dlr_change/<layer>`` (used only where the head's change is known: no warnings of its own).
         """
         values: dict[str, float] = {}
         s_init_problem = s_init_problem or measurement.s_init_problem
@@ -483,17 +497,30 @@ class DLRCallback(TrainerCallback, ExportableState):
                 )
             self._remember(prefix, result if "dlr_change" in values else None, dlr_initial, values.get("s_init"))
         if result is not None and self.options.layers is not None:
-            values.update(self._profile(measurement, problems, with_s_init="s_init" in values))
+            calibrated = "dlr_change" in values  # (else the head's change says why the layers' are missing too)
+            values.update(self._profile(
+                measurement, problems, with_s_init="s_init" in values,
+                initial=(profile_initial or {}) if calibrated else {},
+            ))
         problems += [f"{key} is not finite ({value})" for key, value in values.items() if not math.isfinite(value)]
         self._publish(name, prefix, values, problems, degenerate=result is not None and result.degenerate)
 
-    def _profile(self, measurement: Measurement, problems: list[str], with_s_init: bool) -> dict[str, float]:
-        """``dlr/<layer>`` for every layer of the ``layers`` profile, and ``s_init/<layer>`` when the
-        S_init statistics were reduced and a reference model ran beside (PEFT: the base)."""
+    def _profile(
+        self, measurement: Measurement, problems: list[str], with_s_init: bool, initial: Mapping[str, float],
+    ) -> dict[str, float]:
+        """``dlr/<layer>`` for every layer of the ``layers`` profile, ``s_init/<layer>`` when the
+        S_init statistics were reduced and a reference model ran beside (PEFT: the base), and
+        ``dlr_change/<layer>`` (with ``dlr_initial/<layer>``, history only) where ``initial`` (the
+        layer's D_LR at step 0) is known and the layer's D_LR is finite."""
         readings = self._attempt(problems, "profile", measurement.profile) or []
         values = {f"dlr/{reading.name}": reading.result.dlr for reading in readings}
         if with_s_init:
             values.update({f"s_init/{reading.name}": reading.s_init for reading in readings if reading.s_init is not None})
+        for reading in readings:
+            start = initial.get(reading.name)
+            if start is not None and math.isfinite(reading.result.dlr):
+                values[f"dlr_initial/{reading.name}"] = start
+                values[f"dlr_change/{reading.name}"] = reading.result.dlr - start
         return values
 
     def _parameter_baselines(self, measurement: Measurement, problems: list[str]) -> dict[str, float]:
@@ -516,7 +543,7 @@ class DLRCallback(TrainerCallback, ExportableState):
         if not problems:
             self._keys[name] = list(values)
         row = {f"{prefix}{key}": _finite_or_missing(values.get(key, MISSING)) for key in keys}
-        history_only = {f"{prefix}{key}" for key in HISTORY_ONLY}
+        history_only = {f"{prefix}{key}" for key in keys if key.split("/", 1)[0] in HISTORY_ONLY}  # (per layer too)
         logs = {key: value for key, value in row.items() if not math.isnan(value) and key not in history_only}
         if degenerate:
             row[f"{prefix}dlr_degenerate"] = logs[f"{prefix}dlr_degenerate"] = 1.0
@@ -553,13 +580,19 @@ class DLRCallback(TrainerCallback, ExportableState):
         """D_LR of the model at step 0 by the key of the D_LR it calibrates (``{"eval_dlr": 0.46}``), as
         recorded at train begin or read back from the step-0 reference on resume; unknown ones left out."""
         values = {f"{prefix}_dlr": value for prefix, value in self._evaluation_dlr.items()}
+        for prefix, layers in self._evaluation_profile.items():
+            values.update({f"{prefix}_dlr/{layer}": value for layer, value in layers.items()})
         for name, probe in self._probes.items():
             if probe.initial_dlr is None:
                 continue
+            keys = []
             if self.source == PROBE:
-                values["eval_dlr" if name == "eval" else f"eval_{name}_dlr"] = probe.initial_dlr
+                keys.append("eval_dlr" if name == "eval" else f"eval_{name}_dlr")
             if self.every_n_steps is not None:
-                values["dlr" if name == "eval" else f"{name}_dlr"] = probe.initial_dlr
+                keys.append("dlr" if name == "eval" else f"{name}_dlr")
+            for key in keys:
+                values[key] = probe.initial_dlr
+                values.update({f"{key}/{layer}": value for layer, value in probe.initial_profile.items()})
         return values
 
     def _measurement(self, **kwargs: Any) -> Measurement:
@@ -728,9 +761,11 @@ class DLRCallback(TrainerCallback, ExportableState):
                 features = self._record(what, lambda: self._record_evaluation(name, recorder))
                 if features is not None:
                     self._evaluation_features[prefix] = features
-                dlr = self._initial_dlr(what, recorder, features is not None)
+                dlr, profile = self._initial_dlr(what, recorder, features is not None)
                 if dlr is not None:
                     self._evaluation_dlr[prefix] = dlr
+                if profile:
+                    self._evaluation_profile[prefix] = profile
         if self._uses_probes:
             for name in self._probe_names(trainer):
                 what = f"probe {name!r}"
@@ -738,13 +773,15 @@ class DLRCallback(TrainerCallback, ExportableState):
                 recorded = self._record(what, lambda: self._run(recorder, name)) is not None
                 if recorded:
                     self._probe(name).initial_features = recorder.recorded_features()
-                self._probe(name).initial_dlr = self._initial_dlr(what, recorder, recorded)
+                self._probe(name).initial_dlr, self._probe(name).initial_profile = self._initial_dlr(what, recorder, recorded)
         features = {name: probe.initial_features for name, probe in self._probes.items() if probe.initial_features}
         probe_dlr = {name: probe.initial_dlr for name, probe in self._probes.items() if probe.initial_dlr is not None}
+        probe_profile = {name: probe.initial_profile for name, probe in self._probes.items() if probe.initial_profile}
         saved = {
             "parameters": self._initial_parameters, "features": features,
             "evaluation_features": self._evaluation_features, "evaluation_checksums": self._evaluation_checksums,
             "evaluation_dlr": self._evaluation_dlr, "probe_dlr": probe_dlr,
+            "evaluation_profile_dlr": self._evaluation_profile, "probe_profile_dlr": probe_profile,
         }
         try:
             reference.parent.mkdir(parents=True, exist_ok=True)
@@ -782,10 +819,19 @@ class DLRCallback(TrainerCallback, ExportableState):
                 f"DLRCallback: the initial reference {reference} holds no D_LR at step 0 (written by an older "
                 "dlr-hf); dlr_change is reported missing for the rest of this run"
             )
+        elif self.options.layers is not None and "evaluation_profile_dlr" not in saved:
+            self._warn(
+                f"DLRCallback: the initial reference {reference} holds no per-layer D_LR at step 0 (written by an "
+                "older dlr-hf); dlr_change/<layer> is reported missing for the rest of this run"
+            )
         self._evaluation_dlr = _floats(saved.get("evaluation_dlr"))
+        self._evaluation_profile = _profiles(saved.get("evaluation_profile_dlr"))
         for name, value in _floats(saved.get("probe_dlr")).items():
             if name in self._probes:
                 self._probes[name].initial_dlr = value
+        for name, layers in _profiles(saved.get("probe_profile_dlr")).items():
+            if name in self._probes:
+                self._probes[name].initial_profile = layers
 
     def _record(self, what: str, action: Callable[[], _T]) -> _T | None:
         """``action()`` recording initial features, or None with a warning that S_init will be missing."""
@@ -798,9 +844,11 @@ class DLRCallback(TrainerCallback, ExportableState):
             )
         return recorded
 
-    def _initial_dlr(self, what: str, recorder: Measurement, recorded: bool) -> float | None:
+    def _initial_dlr(self, what: str, recorder: Measurement, recorded: bool) -> tuple[float | None, dict[str, float]]:
         """D_LR of the model at step 0 from the pass that recorded its features (collective: every rank
-        calls it, in the same order), or None with a warning that dlr_change will be missing."""
+        calls it, in the same order), or None with a warning that dlr_change will be missing; and with
+        ``layers=``, each layer's D_LR at step 0 from the same pass and reduction (``{layer: D_LR}``,
+        empty when the head's is unknown; a layer that could not be measured is left out, with one warning)."""
         problems: list[str] = []
         (everywhere,) = recorder.agree(recorded)  # before the reduction: a rank that failed alone would hang it
         if not everywhere:
@@ -809,7 +857,7 @@ class DLRCallback(TrainerCallback, ExportableState):
                     f"DLRCallback: another process could not record {what} at step 0 (see that process's log); "
                     "dlr_change will be missing for this run"
                 )
-            return None
+            return None, {}
         result = self._attempt(problems, "D_LR at step 0", lambda: self._reduce_and_compute(recorder))
         if result is not None and not math.isfinite(result.dlr):
             problems.append(f"D_LR at step 0 is not finite ({result.dlr})")
@@ -818,8 +866,18 @@ class DLRCallback(TrainerCallback, ExportableState):
                 f"DLRCallback could not measure D_LR of {what} at step 0 ({'; '.join(problems)}); dlr_change "
                 "will be missing for this run"
             )
-            return None
-        return result.dlr
+            return None, {}
+        if self.options.layers is None:
+            return result.dlr, {}
+        readings = self._attempt(problems, "profile at step 0", recorder.profile) or []  # (reduced with the head)
+        profile = {reading.name: reading.result.dlr for reading in readings if math.isfinite(reading.result.dlr)}
+        problems += [f"{reading.name}: not finite ({reading.result.dlr})" for reading in readings if reading.name not in profile]
+        if problems:
+            self._warn(
+                f"DLRCallback could not measure the per-layer D_LR of {what} at step 0 ({'; '.join(problems)}); "
+                "dlr_change/<layer> will be missing for those layers for this run"
+            )
+        return result.dlr, profile
 
     # -- probes --------------------------------------------------------------------------------
     @property
@@ -975,6 +1033,13 @@ def _floats(saved: Any) -> dict[str, float]:
         name: float(value) for name, value in saved.items()
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     }
+
+
+def _profiles(saved: Any) -> dict[str, dict[str, float]]:
+    """The finite numbers of a saved ``{name: {layer: D_LR}}`` (anything else left out: unknown)."""
+    if not isinstance(saved, dict):
+        return {}
+    return {name: _floats(layers) for name, layers in saved.items() if isinstance(layers, dict)}
 
 
 def _finite_or_missing(value: float) -> float:

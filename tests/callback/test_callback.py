@@ -276,6 +276,34 @@ def test_profile_across_depth_at_every_evaluation(tmp_path):
     assert_matches(logged, "eval_", report)
 
 
+def test_profile_change_from_initialisation_survives_a_resume(tmp_path):
+    """eval_dlr_change/block_NN = eval_dlr/block_NN − that block's D_LR at step 0 (evaluate(layers="blocks")
+    of the initial model on the same examples); the step-0 values come back from the reference on resume."""
+    first_callback = DLRCallback(layers="blocks")
+    first = make_trainer(tmp_path, max_steps=5, eval_steps=5, eval_size=EVAL_SIZE, callback=first_callback)
+    first.train()
+    start = initial(EVAL_SIZE, layers="blocks")
+    names = [row["name"] for row in start.layers]
+    assert names == ["block_00", "block_01"]
+    assert first_callback.initial_dlr == pytest.approx(
+        {"eval_dlr": start.dlr, **{f"eval_dlr/{row['name']}": row["dlr"] for row in start.layers}}, abs=1e-8
+    )
+    resumed_callback = DLRCallback(layers="blocks")
+    second = make_trainer(tmp_path, max_steps=10, eval_steps=5, eval_size=EVAL_SIZE, callback=resumed_callback)
+    second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    logged = entries(second.state.log_history, "eval_dlr")
+    assert [row["step"] for row in logged] == [5, 10]
+    for row in logged:
+        for layer in start.layers:
+            name = layer["name"]
+            assert row[f"eval_dlr_change/{name}"] == pytest.approx(row[f"eval_dlr/{name}"] - layer["dlr"], abs=1e-8)
+            assert f"eval_dlr_initial/{name}" not in row
+    history = resumed_callback.history[-1]
+    assert history["eval_dlr_initial/block_01"] == pytest.approx(start.layers[1]["dlr"], abs=1e-8)
+    assert resumed_callback.initial_dlr == first_callback.initial_dlr
+    assert not first_callback.warnings and not resumed_callback.warnings
+
+
 def test_probe_source_measures_its_own_subsample(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dlr_hf.surfaces.callback")
     callback = DLRCallback(source="probe", num_samples=100)
