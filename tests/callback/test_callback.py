@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from dlr_hf import DLRCallback, evaluate
 from dlr_hf.engine.demo import digits_dataset, image_processor, tiny_vit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training import EVAL_SIZE, free_port, make_trainer, with_pixels  # noqa: E402
+from training import EVAL_SIZE, launch_two, make_trainer, with_pixels  # noqa: E402
 
 EVAL_BATCH = 64
 
@@ -327,14 +325,7 @@ def test_probe_source_measures_its_own_subsample(tmp_path, caplog):
 def test_two_processes_count_every_example_once(tmp_path):
     """301 examples, batches of 64 on 2 processes: the last step pads rank 0 (45 real of 64) and gives
     rank 1 repeats only; the logged values equal one process's evaluate() over the 301 examples."""
-    script = Path(__file__).parent / "training.py"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    # torch's launcher: two gloo processes on loopback (`accelerate launch --cpu` starts only one).
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-        str(script), str(tmp_path), "--eval-size", str(EVAL_SIZE),
-    ]
-    subprocess.run(command, check=True, timeout=600, env=env, capture_output=True)
+    launch_two(tmp_path, "--eval-size", str(EVAL_SIZE), timeout=600)
     record = json.loads((tmp_path / "log_history.json").read_text())
     assert record["world_size"] == 2
     logged = entries(record["log_history"], "eval_dlr")

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from dlr_hf.errors import InvalidArgumentError, LayerNotFoundError
 from dlr_hf.surfaces.callback import REFERENCE_FILE
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training import free_port, make_trainer, with_pixels  # noqa: E402
+from training import launch_two, make_trainer, with_pixels  # noqa: E402
 
 OURS = ("dlr", "dlr_rank", "effective_rank", "s_init", "param_norm", "param_change")
 
@@ -228,13 +226,7 @@ def test_resume_of_a_run_without_the_callback(tmp_path, caplog):
 @pytest.mark.multiprocess
 def test_one_rank_failing_alone_skips_on_every_rank(tmp_path):
     """A 1-example probe on 2 processes: rank 1 has no example, rank 0 could go on alone and would hang."""
-    script = Path(__file__).parent / "training.py"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-        str(script), str(tmp_path), "--probe-size", "1",
-    ]
-    subprocess.run(command, check=True, timeout=300, env=env, capture_output=True)
+    launch_two(tmp_path, "--probe-size", "1", timeout=300)
     assert json.loads((tmp_path / "log_history.json").read_text())["world_size"] == 2
     ranks = [json.loads((tmp_path / f"callback_rank{rank}.json").read_text()) for rank in (0, 1)]
     for record in ranks:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,27 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def launch_two(output_dir: Path, *arguments: str, timeout: int) -> None:
+    """This script on two gloo processes (torch's launcher: ``accelerate launch --cpu`` starts only one).
+
+    A failure shows the launcher's last output; a rendezvous port taken between ``free_port()`` and the
+    launch (another job grabbed it) is retried once on a new port, nothing else is.
+    """
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            str(Path(__file__)), str(output_dir), *arguments,
+        ]
+        finished = subprocess.run(command, timeout=timeout, env=env, capture_output=True, text=True)
+        if finished.returncode == 0:
+            return
+        output = finished.stdout[-2000:] + finished.stderr[-6000:]
+        if attempt == 0 and ("EADDRINUSE" in output or "address already in use" in output.lower()):
+            continue
+        raise AssertionError(f"the two processes failed (exit {finished.returncode}):\n{output}")
 
 
 def accuracy(prediction) -> dict[str, float]:
