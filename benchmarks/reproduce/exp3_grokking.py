@@ -94,6 +94,15 @@ def make_data(modulus: int, fraction: float, seed: int, symmetric: bool = False)
     return (tokens[train], labels[train]), (tokens[test], labels[test])
 
 
+def measure_splits(model: nn.Module, train: tuple, test: tuple) -> tuple[common.Measurement, common.Measurement, DLRAccumulator]:
+    """D_LR at the unembedding's input on the training pairs, the test pairs, and both pooled (a merged accumulator)."""
+    measured = [common.measure(model, model.unembed, x, y, batch_size=4096) for x, y in (train, test)]
+    pooled = DLRAccumulator()
+    for part in measured:
+        pooled.merge(part.accumulator)
+    return measured[0], measured[1], pooled
+
+
 def run(modulus: int = 31, fraction: float = 0.5, steps: int = 3000, every: int = 100, seed: int = 0,
         weight_decay: float = 1.0, lr: float = 2e-3, d: int = 128, hidden: int = 256, clip: float | None = 1.0,
         symmetric: bool = False, log=print) -> list[dict]:
@@ -104,11 +113,7 @@ def run(modulus: int = 31, fraction: float = 0.5, steps: int = 3000, every: int 
     history = []
 
     def record(step: int, loss: float) -> None:
-        train = common.measure(model, model.unembed, train_x, train_y, batch_size=4096)
-        test = common.measure(model, model.unembed, test_x, test_y, batch_size=4096)
-        pooled = DLRAccumulator()
-        pooled.merge(train.accumulator)
-        pooled.merge(test.accumulator)
+        train, test, pooled = measure_splits(model, (train_x, train_y), (test_x, test_y))
         loose = DLRAccumulator(rtol=1e-2)
         loose.load_state_dict(pooled.state_dict())
         all_pairs, all_loose = pooled.compute(), loose.compute()

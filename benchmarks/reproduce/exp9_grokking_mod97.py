@@ -35,7 +35,7 @@ import common  # noqa: E402
 import exp3_grokking  # noqa: E402
 import torch  # noqa: E402
 
-from dlr_hf.metric import DLRAccumulator, parameter_norm  # noqa: E402
+from dlr_hf.metric import parameter_norm  # noqa: E402
 
 NAME = "exp9_grokking_mod97"
 PAPER = exp3_grokking.PAPER
@@ -65,11 +65,7 @@ def run(modulus: int = 97, fraction: float = 0.3, steps: int = 3000, every: int 
     timer = common.Timer()
 
     def record(step: int, loss: float) -> None:
-        train = common.measure(model, model.unembed, train_x, train_y, batch_size=4096)
-        test = common.measure(model, model.unembed, test_x, test_y, batch_size=4096)
-        pooled = DLRAccumulator()
-        pooled.merge(train.accumulator)
-        pooled.merge(test.accumulator)
+        train, test, pooled = exp3_grokking.measure_splits(model, (train_x, train_y), (test_x, test_y))
         every_pair = pooled.compute()
         row = {"step": step, "train_loss": loss, "train_accuracy": train.result.accuracy,
                "test_accuracy": test.result.accuracy, "dlr_train": train.result.dlr, "dlr_test": test.result.dlr,
