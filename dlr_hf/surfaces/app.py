@@ -586,11 +586,11 @@ class DLRApp:
             table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
             stepped = all(entry.step is not None for entry in entries)
             runs: dict[str, tuple[list, list, list]] = {}
-            for position, row in enumerate(rows, start=1):
-                x, dlr, accuracy = runs.setdefault(row[0], ([], [], []))
-                x.append(row[6] if stepped else position)
-                dlr.append(row[2])
-                accuracy.append(row[3])
+            for position, row in enumerate(dict(zip(COMPARE_COLUMNS, row)) for row in rows):
+                x, dlr, accuracy = runs.setdefault(row["run"], ([], [], []))
+                x.append(row["step"] if stepped else position + 1)
+                dlr.append(row["D_LR"])
+                accuracy.append(row["accuracy"])
             axis = ("training step" if stepped else "checkpoint", None if stepped else [entry.label for entry in entries])
             # named by the requests' keys: asking the same comparison again rewrites the same files
             keys = [outcome.key.digest if outcome.key else entry.label for entry, outcome in zip(entries, outcomes)]
@@ -602,7 +602,7 @@ class DLRApp:
             spectra = visualisation_plotly([outcome.report.result for outcome in outcomes], labels)
             basis = ("against the reference (initial checkpoint)" if _text(reference, "reference") else
                      "against each run's first checkpoint (no reference given)")
-            if any(row[5].endswith("(abs)") for row in rows):
+            if any(verdict.endswith("(abs)") for verdict in table["verdict"]):
                 basis += "; (abs): a lone checkpoint, read on the absolute scale — give the initial checkpoint to calibrate it"
             summary = "\n".join([
                 f"**{len(entries)} checkpoints of {len(runs)} run{'s' if len(runs) != 1 else ''}** on "
